@@ -1,0 +1,168 @@
+"""Run directories and checkpoints: atomic saves, safe loads (no code from the file ever runs).
+
+A run directory holds:
+    latest.pt      the newest checkpoint (resume from here)
+    best.pt        the checkpoint with the lowest validation loss (sample from here)
+    run.json       config, sizes and progress, human readable
+    metrics.jsonl  one line per evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CharlstmError
+
+FORMAT = "charlstm"
+VERSION = 1
+DEFAULT_ROOT = Path("checkpoints")
+LATEST, BEST, RUN_JSON, METRICS = "latest.pt", "best.pt", "run.json", "metrics.jsonl"
+REQUIRED_KEYS = ("format", "version", "model_config", "vocab", "model")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over `path`.
+
+    A crash or a full disk part-way leaves the previous file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+            raise CharlstmError(f"could not save {path}: {reason}; the previous file is unchanged") from None
+        raise
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def copy_checkpoint(source: Path, dest: Path) -> None:
+    with open(source, "rb") as src:
+        _atomic_write(Path(dest), lambda handle: shutil.copyfileobj(src, handle, 1 << 20))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CharlstmError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
+            raise CharlstmError(
+                f"refusing to load {path}: it contains objects other than tensors and plain data "
+                f"(a checkpoint must never run code)"
+            ) from None
+        raise CharlstmError(f"{path} is corrupt or truncated; not a loadable checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError):
+        raise CharlstmError(f"{path} is corrupt or truncated; not a loadable checkpoint") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CharlstmError(f"{path} is not a charlstm checkpoint")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CharlstmError(
+            f"{path} has checkpoint format version {version!r}; this charlstm reads up to {VERSION} (upgrade charlstm)"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+# ------------------------------------------------------------------------------------------ locating
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / LATEST).exists() or (path / BEST).exists() or (path / RUN_JSON).exists())
+
+
+def resolve_checkpoint(path: Path, prefer: str = BEST) -> Path:
+    """A .pt file as given, or the `prefer`red checkpoint of a run directory (falling back to the other)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        other = LATEST if prefer == BEST else BEST
+        for name in (prefer, other):
+            if (path / name).is_file():
+                return path / name
+        raise CharlstmError(f"{path} is a directory without {BEST} or {LATEST}; not a charlstm run")
+    raise CharlstmError(f"no such run or checkpoint: {path}")
+
+
+def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
+    """The run directory under `root` whose checkpoint was written most recently."""
+    root = Path(root)
+    candidates = [p.parent for p in root.glob(f"*/{LATEST}")] + [p.parent for p in root.glob(f"*/{BEST}")]
+    if not candidates:
+        raise CharlstmError(
+            f"no trained model found under {root}/; train one first, e.g. `charlstm train corpus.txt`"
+        )
+    return max(set(candidates), key=lambda run: max(f.stat().st_mtime for f in run.glob("*.pt")))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    _atomic_write(Path(run_dir) / METRICS, lambda handle: handle.write(text.encode()))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(Path(run_dir) / METRICS, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_JSON
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CharlstmError(f"{path} not found") from None
+    except json.JSONDecodeError:
+        raise CharlstmError(f"{path} is not valid JSON") from None

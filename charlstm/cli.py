@@ -1,0 +1,358 @@
+"""The command line: parses flags into config dataclasses, calls one function per command, prints with Rich.
+
+No ML logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from . import checkpoint as ckpt
+from .config import DEFAULT_MAX_TIME, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from .errors import CharlstmError
+
+app = typer.Typer(
+    name="charlstm",
+    help="Train character-level LSTM/GRU/RNN language models on any text, and sample from them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+_M, _T, _S = ModelConfig(), TrainConfig(), SampleConfig()
+
+
+def _default(value) -> str:
+    return f" (default: {value})"
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"charlstm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train character-level language models on any text, and sample from them."""
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+@app.command()
+def train(
+    corpus: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="UTF-8 text file(s) to train on. Omit for the built-in corpus (this Python's standard library "
+            "sources), or with --resume to reuse the run's own corpus.",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Run directory. (default: checkpoints/<corpus name>)", show_default=False),
+    ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(
+            "--resume",
+            is_flag=False,
+            flag_value="auto",
+            help="Continue a run: alone, the run in the default (or --out) directory; with a PATH, that run "
+            "directory or .pt file. Architecture and data-layout flags that disagree with the checkpoint are "
+            "overruled by it (with a warning).",
+            show_default=False,
+        ),
+    ] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn." + _default(_M.cell), show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)] = None,
+    embed: Annotated[Optional[int], typer.Option(help="Character embedding width." + _default(_M.embed), show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output, in [0, 1)." + _default(_M.dropout), show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams per step." + _default(_T.batch_size), show_default=False)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per stream per step (the BPTT length)." + _default(_T.seq_len), show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (linear warm-up, then cosine decay over the budget)." + _default(_T.lr), show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay." + _default(_T.weight_decay), show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm to this (0 = off)." + _default(_T.grad_clip), show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all (counting steps before a resume).", show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text.", show_default=False)] = None,
+    max_time: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"Stop after this much training time in all, e.g. 90s, 10m, 2h (evaluations excluded). "
+            f"With no --max-steps, --epochs or --max-time: {DEFAULT_MAX_TIME / 60:g}m.",
+            show_default=False,
+        ),
+    ] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and save) every this many steps, and at the end." + _default(_T.eval_every), show_default=False)] = None,
+    save_every: Annotated[
+        Optional[str],
+        typer.Option(help="Also save latest.pt every N steps, or every duration such as 5m. (default: at each validation)", show_default=False),
+    ] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help="Share of the text, from its end, held out for validation, in (0, 0.5]." + _default(_T.val_frac), show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (weights, dropout)." + _default(_T.seed), show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (auto picks a GPU when there is one)." + _default(_T.device), show_default=False)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, fp32 elsewhere)." + _default(_T.precision), show_default=False)] = None,
+    encoding: Annotated[Optional[str], typer.Option(help="Text encoding of the corpus, e.g. latin-1." + _default(_T.encoding), show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out)."""
+    from .data import default_corpus, load_corpus
+    from .train import train as run_training
+
+    given = {k: v for k, v in locals().items() if v is not None}
+    try:
+        model_values = {f.name: given[f.name] for f in fields(ModelConfig) if f.name in given}
+        train_values = {f.name: given[f.name] for f in fields(TrainConfig) if f.name in given and f.name != "max_time"}
+        if max_time is not None:
+            train_values["max_time"] = parse_duration(max_time, "--max-time")
+        if save_every is not None:
+            if save_every.strip().isdigit():
+                train_values["save_every"] = int(save_every)
+                if train_values["save_every"] <= 0:
+                    raise CharlstmError("--save-every must be > 0")
+            else:
+                train_values["save_every_seconds"] = parse_duration(save_every, "--save-every")
+        explicit = set(model_values) | set(train_values)
+        model_config = ModelConfig(**model_values)
+        train_config = TrainConfig(**train_values)
+        model_config.validate()
+        train_config.validate()
+
+        resume_path: Path | None = None
+        if resume is not None:
+            resume_path = _resume_target(resume, corpus, out_dir)
+        if corpus:
+            data = load_corpus(corpus, encoding=train_config.encoding)
+        elif resume_path is not None:
+            data = _corpus_of_run(resume_path, train_config.encoding)
+        else:
+            data = default_corpus()
+            err.print(f"No corpus given: training on the built-in corpus ({data.sources[0]}).")
+        run_dir = out_dir or ckpt.DEFAULT_ROOT / data.name
+        if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
+            train_config.max_time = DEFAULT_MAX_TIME
+        result = run_training(
+            data,
+            model_config,
+            train_config,
+            run_dir,
+            resume_from=resume_path,
+            explicit=explicit,
+            show_progress=not quiet,
+            log=lambda line: err.print(line, markup=False, soft_wrap=True),
+        )
+    except CharlstmError as exc:
+        _fail(str(exc))
+        return
+    _print_train_summary(result)
+    if result.stopped_by.startswith("interrupt"):
+        err.print(
+            f"Stopped by {result.stopped_by.split('(')[-1].rstrip(')')} at step {result.step}; saved {result.run_dir / ckpt.LATEST}.\n"
+            f"Resume with: charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
+        )
+
+
+def _resume_target(resume: str, corpus: Optional[list[Path]], out_dir: Optional[Path]) -> Path:
+    if resume != "auto":
+        target = Path(resume)
+        if not target.exists():
+            raise CharlstmError(f"--resume: no such run or checkpoint: {target}")
+        return target
+    if out_dir is not None:
+        target = out_dir
+    elif corpus:
+        target = ckpt.DEFAULT_ROOT / (corpus[0].stem if len(corpus) == 1 else f"{corpus[0].stem}+{len(corpus) - 1}")
+    else:
+        target = ckpt.DEFAULT_ROOT / "python-stdlib"
+    if not (target / ckpt.LATEST).exists():
+        raise CharlstmError(f"--resume: no checkpoint to resume in {target}/ (train first, or give --resume PATH)")
+    return target
+
+
+def _corpus_of_run(resume_path: Path, encoding: str):
+    from .data import default_corpus, load_corpus
+
+    file = ckpt.resolve_checkpoint(resume_path, prefer=ckpt.LATEST)
+    payload = ckpt.load_checkpoint(file)
+    info = payload.get("corpus") or {}
+    if info.get("name") == "python-stdlib":
+        return default_corpus()
+    sources = [Path(s) for s in info.get("sources", [])]
+    if not sources:
+        raise CharlstmError("the checkpoint does not record its corpus; give the corpus path")
+    return load_corpus(sources, encoding=encoding)
+
+
+def _print_train_summary(result) -> None:
+    table = Table(title="charlstm train", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    best = result.best_val_loss
+    rows = [
+        ("run", str(result.run_dir)),
+        ("stopped by", result.stopped_by),
+        ("steps", f"{result.step:,}"),
+        ("characters seen", f"{result.chars_seen:,}"),
+        ("training time", f"{result.train_seconds:,.1f} s"),
+        ("speed", f"{result.chars_per_second:,.0f} chars/s"),
+        ("best val loss", f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" if math.isfinite(best) else "not evaluated yet"),
+        ("parameters", f"{result.params:,} (vocabulary {result.vocab_size})"),
+        ("device", f"{result.device} ({result.precision})"),
+    ]
+    if result.resumed_from:
+        rows.insert(1, ("resumed from", result.resumed_from))
+    for key, value in rows:
+        table.add_row(key, value)
+    err.print(table)
+    err.print(f"Sample with: charlstm sample {result.run_dir}")
+
+
+# ----------------------------------------------------------------------------------------------- sample
+
+
+@app.command()
+def sample(
+    path: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Run directory (its best.pt) or .pt file. (default: the most recently trained run under checkpoints/)",
+            show_default=False,
+        ),
+    ] = None,
+    temp: Annotated[float, typer.Option("--temp", "-t", help="Sampling temperature; 0 = always the most likely character.")] = _S.temperature,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.")] = _S.length,
+    prime: Annotated[str, typer.Option(help="Text fed through the model first, then printed.", show_default=False)] = _S.prime,
+    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely characters (0 = off).")] = _S.top_k,
+    top_p: Annotated[float, typer.Option(help="Sample only from the most likely characters whose probabilities add up to p (1 = off).")] = _S.top_p,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text. (default: random)", show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples to generate together as one batch.")] = _S.num_samples,
+    stop: Annotated[Optional[list[str]], typer.Option(help="End a sample when this text appears (not printed); repeatable.", show_default=False)] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the samples to this file instead of the terminal.", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+) -> None:
+    """Generate text from a trained model; it streams to the terminal as it is written."""
+    from .sample import generate, load_model
+    from .train import pick_device
+
+    config = SampleConfig(
+        length=length, temperature=temp, top_k=top_k, top_p=top_p, prime=prime, seed=seed,
+        num_samples=num_samples, stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in (stop or [])],
+    )  # fmt: skip
+    try:
+        config.validate()
+        if path is None:
+            path = ckpt.find_latest_run()
+        loaded = load_model(path, pick_device(device))
+        pieces = generate(loaded, config)
+        if out_file is not None:
+            texts = [""] * num_samples
+            for i, piece in pieces:
+                texts[i] += piece
+            try:
+                out_file.write_text(_join_samples(texts), encoding="utf-8")
+            except OSError as exc:
+                raise CharlstmError(f"cannot write {out_file}: {exc.strerror or exc}") from None
+            err.print(f"Wrote {num_samples} sample(s) to {out_file}")
+        elif num_samples == 1:
+            for _, piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            texts = [""] * num_samples
+            for i, piece in pieces:
+                texts[i] += piece
+            sys.stdout.write(_join_samples(texts))
+        sys.stdout.flush()
+    except CharlstmError as exc:
+        _fail(str(exc))
+    except BrokenPipeError:  # `charlstm sample | head`
+        sys.stderr.close()
+
+
+def _join_samples(texts: list[str]) -> str:
+    if len(texts) == 1:
+        return texts[0] + "\n"
+    return "".join(f"─── sample {i + 1} ───\n{t}\n" for i, t in enumerate(texts))
+
+
+# ------------------------------------------------------------------------------------------------- info
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="Run directory or .pt checkpoint.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object.")] = False,
+) -> None:
+    """Show what a run or checkpoint holds: corpus, model, training progress and losses."""
+    try:
+        data = _info(path)
+    except CharlstmError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"charlstm info {path}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def _info(path: Path) -> dict:
+    if path.is_dir() and (path / ckpt.RUN_JSON).exists():
+        return ckpt.read_run_json(path)
+    file = ckpt.resolve_checkpoint(path, prefer=ckpt.LATEST)
+    payload = ckpt.load_checkpoint(file)
+    progress = payload.get("progress", {})
+    params = sum(t.numel() for t in payload["model"].values())
+    seconds = progress.get("train_seconds", 0.0)
+    best = progress.get("best_val_loss")
+    return {
+        "checkpoint": str(file),
+        "corpus": payload.get("corpus", {}),
+        "model_config": payload["model_config"],
+        "train_config": payload.get("train_config", {}),
+        "vocab_size": len(payload["vocab"]),
+        "params": params,
+        "step": progress.get("step", 0),
+        "chars_seen": progress.get("chars_seen", 0),
+        "best_val_loss": best if best is not None and math.isfinite(best) else None,
+        "train_seconds": seconds,
+        "chars_per_second": progress.get("chars_seen", 0) / seconds if seconds else 0.0,
+        "checkpoint_format_version": payload["version"],
+    }
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,132 @@
+"""Configuration dataclasses. Every default lives here, once."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import CharlstmError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # set from the corpus
+    cell: str = "lstm"  # lstm | gru | rnn
+    layers: int = 1  # stacked recurrent layers
+    hidden: int = 384  # units per layer
+    embed: int = 64  # character embedding width
+    dropout: float = 0.0  # between layers (and before the head)
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise CharlstmError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _positive("--layers", self.layers)
+        _positive("--hidden", self.hidden)
+        _positive("--embed", self.embed)
+        if not 0.0 <= self.dropout < 1.0:
+            raise CharlstmError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # parallel streams
+    seq_len: int = 128  # characters per stream per step (truncated BPTT length)
+    lr: float = 6e-3  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = off)
+    warmup_frac: float = 0.02  # share of the budget spent warming up the learning rate
+    min_lr_frac: float = 0.05  # the schedule decays to lr * min_lr_frac
+    max_steps: int | None = None  # stop after this many steps (total for the run)
+    epochs: float | None = None  # stop after this many passes over the training split
+    max_time: float | None = None  # stop after this many seconds of training (evals excluded)
+    eval_every: int = 250  # steps between validations
+    save_every: float | None = None  # steps between checkpoints (None: at each eval)
+    save_every_seconds: float | None = None  # seconds between checkpoints
+    val_frac: float = 0.1  # the last share of the corpus used for validation
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+    encoding: str = "utf-8"
+
+    def validate(self) -> None:
+        _positive("--batch-size", self.batch_size)
+        _positive("--seq-len", self.seq_len)
+        _positive("--eval-every", self.eval_every)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise CharlstmError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise CharlstmError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip < 0:
+            raise CharlstmError(f"--grad-clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        if not 0.0 < self.val_frac <= 0.5:
+            raise CharlstmError(f"--val-frac must be in (0, 0.5], got {self.val_frac}")
+        if self.max_steps is not None:
+            _positive("--max-steps", self.max_steps)
+        if self.epochs is not None and not self.epochs > 0:
+            raise CharlstmError(f"--epochs must be > 0, got {self.epochs}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise CharlstmError(f"--max-time must be > 0, got {self.max_time}")
+        if self.device not in DEVICES:
+            raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class SampleConfig:
+    length: int = 1000  # characters to generate per sample
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep the k most likely characters (0 = off)
+    top_p: float = 1.0  # keep the smallest set whose probability reaches p (1 = off)
+    prime: str = ""  # text fed through the model first, then printed
+    seed: int | None = None  # same seed, same text
+    num_samples: int = 1  # samples generated together as one batch
+    stop: list[str] = field(default_factory=list)  # end a sample when one of these appears
+
+    def validate(self) -> None:
+        if self.length < 0:
+            raise CharlstmError(f"--length must be >= 0, got {self.length}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise CharlstmError(f"--temp must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise CharlstmError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise CharlstmError(f"--top-p must be in (0, 1], got {self.top_p}")
+        _positive("--num-samples", self.num_samples)
+
+
+def _positive(flag: str, value: int | float) -> None:
+    if not value > 0:
+        raise CharlstmError(f"{flag} must be > 0, got {value}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600, "hrs": 3600, "d": 86400}
+
+
+def parse_duration(text: str, flag: str = "--max-time") -> float:
+    """'90s', '10m', '2h', '1.5h' or a bare number of seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise CharlstmError(f"{flag}: cannot read {text!r} as a duration; use e.g. 90s, 10m or 2h")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+    if seconds <= 0:
+        raise CharlstmError(f"{flag} must be longer than zero, got {text!r}")
+    return seconds
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, ignoring keys it does not know (older/newer checkpoints)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
