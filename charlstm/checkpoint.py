@@ -79,17 +79,25 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CharlstmError(f"checkpoint not found: {path}")
+    corrupt = f"{path} is not a loadable checkpoint (corrupt, truncated, or another kind of file)"
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CharlstmError(corrupt)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
+        if "global" in str(exc).lower():
             raise CharlstmError(
-                f"refusing to load {path}: it contains objects other than tensors and plain data "
-                f"(a checkpoint must never run code)"
+                f"refusing to load {path}: it asks to import or call code "
+                f"(a checkpoint may hold only tensors and plain data)"
             ) from None
-        raise CharlstmError(f"{path} is corrupt or truncated; not a loadable checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError):
-        raise CharlstmError(f"{path} is corrupt or truncated; not a loadable checkpoint") from None
+        raise CharlstmError(corrupt) from None
+    except Exception:  # whatever a damaged archive makes torch raise
+        raise CharlstmError(corrupt) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharlstmError(f"{path} is not a charlstm checkpoint")
     version = payload.get("version")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -62,7 +63,28 @@ def main(
 # ------------------------------------------------------------------------------------------------ train
 
 
-@app.command()
+class _TrainCommand(typer.core.TyperCommand):
+    """Lets `--resume` stand alone: a bare `--resume` means "the run in the default or --out directory"."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--resume":
+                following = args[i + 1] if i + 1 < len(args) else None
+                if following is None or not _looks_like_run(following):
+                    args.insert(i + 1, "auto")
+                break
+        return super().parse_args(ctx, args)
+
+
+def _looks_like_run(arg: str) -> bool:
+    return arg.endswith(".pt") or (not arg.startswith("-") and Path(arg).is_dir() and not Path(arg, ".git").exists()
+                                   and ckpt.is_run_dir(Path(arg)))  # fmt: skip
+
+
+@app.command(cls=_TrainCommand)
 def train(
     corpus: Annotated[
         Optional[list[Path]],
@@ -80,8 +102,6 @@ def train(
         Optional[str],
         typer.Option(
             "--resume",
-            is_flag=False,
-            flag_value="auto",
             help="Continue a run: alone, the run in the default (or --out) directory; with a PATH, that run "
             "directory or .pt file. Architecture and data-layout flags that disagree with the checkpoint are "
             "overruled by it (with a warning).",

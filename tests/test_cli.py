@@ -1,0 +1,112 @@
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlstm.cli import app
+
+runner = CliRunner()
+TINY = ["--hidden", "32", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "-q"]
+
+
+def run_cli(*args, cwd=None):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_train_sample_info_end_to_end(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("train", corpus_file, "--max-steps", "20", *TINY)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "checkpoints" / "corpus"
+    assert {p.name for p in run.iterdir()} >= {"latest.pt", "best.pt", "run.json", "metrics.jsonl"}
+    assert "best val loss" in result.output
+
+    sample = run_cli("sample", "--length", "60", "--seed", "3")  # the most recent run, no path
+    assert sample.exit_code == 0, sample.output
+    assert len(sample.output.rstrip("\n")) == 60
+    again = run_cli("sample", run, "--length", "60", "--seed", "3")
+    assert again.output == sample.output
+
+    info = run_cli("info", run, "--json")
+    data = json.loads(info.output)
+    assert data["step"] == 20 and data["vocab_size"] > 10 and data["chars_per_second"] > 0
+
+    resumed = run_cli("train", corpus_file, "--resume", "--max-steps", "30", *TINY)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(run_cli("info", run, "--json").output)["step"] == 30
+
+    out_file = tmp_path / "samples.txt"
+    multi = run_cli("sample", run / "latest.pt", "-N", "3", "--length", "40", "--seed", "1", "--out", out_file)
+    assert multi.exit_code == 0
+    assert out_file.read_text().count("sample ") == 3
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "missing.txt"], "corpus not found"),
+        (["train", "CORPUS", "--max-time", "soon"], "cannot read 'soon' as a duration"),
+        (["train", "CORPUS", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["train", "CORPUS", "--val-frac", "0.9"], "--val-frac must be in (0, 0.5]"),
+        (["train", "CORPUS", "--hidden", "0"], "--hidden must be > 0"),
+        (["train", "CORPUS", "--cell", "lstmx"], "--cell must be one of"),
+        (["sample"], "train one first"),
+        (["sample", "nowhere"], "no such run or checkpoint"),
+        (["sample", "CORPUS"], "corrupt, truncated"),
+        (["sample", "--temp", "-1"], "--temp must be >= 0"),
+        (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["info", "nowhere"], "no such run or checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, corpus_file, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [str(corpus_file) if a == "CORPUS" else a for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_python_m_and_help():
+    done = subprocess.run([sys.executable, "-m", "charlstm", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "train" in done.stdout and "sample" in done.stdout
+    for command in ("train", "sample", "info"):
+        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        assert "--help" in help_text
+    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--cell", "--layers", "--hidden", "--dropout", "--batch-size", "--seq-len", "--lr", "--grad-clip",
+                 "--max-steps", "--epochs", "--max-time", "--eval-every", "--val-frac", "--seed", "--device",
+                 "--precision", "--resume", "--out"):  # fmt: skip
+        assert flag in train_help, flag
+    assert "(default: 0.1)" in train_help
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
+    command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "100000", *TINY,
+               "--eval-every", "100000", "--hidden", "64"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "checkpoints" / "corpus"
+    deadline = time.time() + 60
+    # wait until the training loop is running (the run directory exists), then interrupt
+    while not run.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "--resume" in stderr and signal.Signals(signum).name in stderr
+    step = int(re.search(r"at step (\d+)", stderr).group(1))
+    assert step > 0
+    info = runner.invoke(app, ["info", str(run / "latest.pt"), "--json"])
+    assert json.loads(info.output)["step"] == step

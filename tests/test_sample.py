@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from charlstm.config import ModelConfig, SampleConfig, TrainConfig
+from charlstm.data import Corpus
+from charlstm.errors import CharlstmError
+from charlstm.sample import choose, filter_logits, load_model, sample_text
+from charlstm.train import train
+
+from .conftest import make_text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    corpus = Corpus(text=make_text(4000), name="tiny", sources=["memory"])
+    train(corpus, ModelConfig(hidden=48, embed=16), TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30),
+          run, show_progress=False, log=lambda s: None)  # fmt: skip
+    return load_model(run)
+
+
+def test_same_seed_same_text_and_different_seed_differs(trained):
+    config = SampleConfig(length=200, seed=7)
+    a, b = sample_text(trained, config), sample_text(trained, config)
+    assert a == b and len(a[0]) == 200
+    assert sample_text(trained, SampleConfig(length=200, seed=8)) != a
+
+
+def test_only_vocabulary_characters(trained):
+    text = sample_text(trained, SampleConfig(length=300, seed=1, temperature=1.5))[0]
+    assert set(text) <= set(trained.vocab.chars)
+
+
+def test_prime_is_printed_first_and_unknown_prime_named(trained):
+    text = sample_text(trained, SampleConfig(length=50, seed=1, prime="The quick"))[0]
+    assert text.startswith("The quick") and len(text) == len("The quick") + 50
+    with pytest.raises(CharlstmError, match="'X' 'é'"):
+        sample_text(trained, SampleConfig(length=5, prime="Xé"))
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1(trained):
+    greedy = sample_text(trained, SampleConfig(length=80, temperature=0, seed=1))
+    assert greedy == sample_text(trained, SampleConfig(length=80, temperature=0, seed=99))
+    assert greedy == sample_text(trained, SampleConfig(length=80, temperature=1.0, top_k=1, seed=5))
+
+
+def test_batch_of_samples_and_stop(trained):
+    texts = sample_text(trained, SampleConfig(length=120, seed=3, num_samples=5))
+    assert len(texts) == 5 and len(set(texts)) > 1
+    stopped = sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4, stop=["."]))
+    for full, cut in zip(sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4)), stopped):
+        if "." in full:
+            assert cut == full[: full.index(".")]
+        else:
+            assert cut == full
+
+
+def test_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    top2 = filter_logits(logits, 1.0, 2, 1.0)
+    assert top2[0, :2].sum() == 0 and top2.sum().item() == pytest.approx(1.0)
+    assert (filter_logits(logits, 1.0, 0, 0.5)[0] > 0).tolist() == [False, False, False, True]  # top is 0.64
+    assert (filter_logits(logits, 1.0, 0, 0.7)[0] > 0).tolist() == [False, False, True, True]
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]])
+    assert choose(probs, torch.tensor([0.05])).item() == 0
+    assert choose(probs, torch.tensor([0.5])).item() == 2
+    assert choose(probs, torch.tensor([0.95])).item() == 3

@@ -1,0 +1,134 @@
+import json
+import math
+
+import pytest
+import torch
+
+from charlstm import checkpoint as ckpt
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data import Corpus
+from charlstm.errors import CharlstmError
+from charlstm.train import Trainer, lr_at, train
+
+from .conftest import make_text
+
+QUIET = dict(show_progress=False, log=lambda line: None)
+
+
+def tiny_model(**kw):
+    return ModelConfig(**{"layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1, **kw})
+
+
+def tiny_train(**kw):
+    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
+
+
+@pytest.fixture
+def corpus():
+    return Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+
+
+def weights(run_dir, name="latest.pt"):
+    return ckpt.load_checkpoint(run_dir / name)["model"]
+
+
+def curve(run_dir):
+    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resume_is_exact(tmp_path, corpus, cell):
+    """N steps straight == N/2 steps, stop, resume to N: same weights, same loss curve (CPU)."""
+    steps = 24  # crosses an epoch boundary (streams wrap) with this corpus and shape
+    straight = train(corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "a", **QUIET)
+    assert straight.step == steps
+    first = train(
+        corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "b",
+        should_stop=lambda step: step == 13, **QUIET,
+    )  # fmt: skip
+    assert first.step == 13 and first.stopped_by == "stop_request"
+    resumed = train(corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "x", resume_from=tmp_path / "b", **QUIET)
+    assert resumed.step == steps and resumed.run_dir == tmp_path / "b"
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert curve(tmp_path / "a") == curve(tmp_path / "b")
+    assert len(curve(tmp_path / "a")) == steps // 5 + 1  # every 5 steps, and the end
+
+
+def test_streams_wrap_within_resume_test(corpus):
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=24), "unused", log=lambda s: None)
+    assert len(trainer.train_streams) < 24, "the exact-resume test should cross an epoch boundary"
+
+
+def test_run_files(tmp_path, corpus):
+    result = train(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "run", **QUIET)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    for key in ("model_config", "train_config", "vocab_size", "params", "step", "chars_seen", "best_val_loss",
+                "train_seconds", "chars_per_second"):  # fmt: skip
+        assert key in run, key
+    assert run["step"] == 10 and run["params"] == result.params
+    assert run["chars_per_second"] == pytest.approx(run["chars_seen"] / run["train_seconds"], rel=0.01)
+    rows = ckpt.read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [5, 10]
+    assert set(rows[0]) >= {"step", "chars_seen", "train_loss", "val_loss", "seconds"}
+    best = min(r["val_loss"] for r in rows)
+    assert run["best_val_loss"] == pytest.approx(best)
+    best_ckpt = ckpt.load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best_ckpt["progress"]["best_val_loss"] == pytest.approx(best)
+
+
+def test_training_lowers_loss(tmp_path, corpus):
+    result = train(corpus, ModelConfig(hidden=64), tiny_train(max_steps=120, eval_every=40, seq_len=32, batch_size=8), tmp_path / "r", **QUIET)
+    rows = ckpt.read_metrics(tmp_path / "r")
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] < math.log(result.vocab_size)
+    assert result.best_val_loss < 2.2
+
+
+def test_architecture_flags_lose_to_checkpoint_with_warning(tmp_path, corpus):
+    train(corpus, tiny_model(), tiny_train(max_steps=4), tmp_path / "r", **QUIET)
+    lines = []
+    result = train(
+        corpus, tiny_model(hidden=99), tiny_train(max_steps=6), tmp_path / "r", resume_from=tmp_path / "r",
+        explicit={"hidden", "max_steps"}, show_progress=False, log=lines.append,
+    )  # fmt: skip
+    assert result.step == 6
+    assert any("--hidden 99" in line and "24" in line for line in lines)
+    assert ckpt.load_checkpoint(tmp_path / "r" / "latest.pt")["model_config"]["hidden"] == 24
+
+
+def test_resume_refuses_new_characters(tmp_path, corpus):
+    train(corpus, tiny_model(), tiny_train(max_steps=2), tmp_path / "r", **QUIET)
+    other = Corpus(text=corpus.text + "Zebra ü", name="tiny", sources=["memory"])
+    with pytest.raises(CharlstmError, match="not in the checkpoint's vocabulary.*'Z'"):
+        train(other, tiny_model(), tiny_train(max_steps=4), tmp_path / "r", resume_from=tmp_path / "r", **QUIET)
+
+
+def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
+    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+    before = weights(tmp_path / "r")
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r", explicit={"max_steps"}, log=lambda s: None)
+    with torch.no_grad():
+        trainer.model.head.bias.fill_(float("nan"))
+    with pytest.raises(CharlstmError, match=r"loss became nan at step 6.*lower --lr"):
+        trainer.train(show_progress=False)
+    after = weights(tmp_path / "r")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_time_budget_and_schedule(tmp_path, corpus):
+    result = train(corpus, tiny_model(), tiny_train(max_time=1.0, eval_every=10_000), tmp_path / "r", **QUIET)
+    assert result.stopped_by == "max_time" and result.train_seconds >= 1.0
+    config = TrainConfig(lr=1.0, warmup_frac=0.1, min_lr_frac=0.1)
+    assert lr_at(config, 0.0) < 0.05 and lr_at(config, 0.1) == pytest.approx(1.0)
+    assert lr_at(config, 1.0) == pytest.approx(0.1)
+    assert lr_at(config, 0.3) > lr_at(config, 0.6) > lr_at(config, 0.9)
+
+
+def test_epoch_budget(tmp_path, corpus):
+    trainer = Trainer(corpus, tiny_model(), tiny_train(epochs=2, eval_every=1000), tmp_path / "r", log=lambda s: None)
+    result = trainer.train(show_progress=False)
+    assert result.stopped_by == "epochs"
+    assert result.chars_seen == 2 * trainer.train_streams.num_targets
+    assert result.step == 2 * len(trainer.train_streams)
