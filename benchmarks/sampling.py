@@ -1,0 +1,112 @@
+"""Sampling speed: charlstm's sampler next to a naive per-character nn.LSTM loop, same shapes, same run.
+
+For each LSTM shape (random weights, vocabulary 65, temperature 0.8, no stop strings) it prints chars/s of
+  * reference: embedding -> nn.LSTM -> linear -> softmax -> torch.multinomial, the LSTM called once per
+    character (batch 1, and batch 256);
+  * charlstm plain path (generate(..., fast=False)), batch 1;
+  * charlstm default path (generate()), batch 1 and --num-samples 256;
+with the ratios the targets speak of (single >= 15,000 / 1,500 chars/s; batch 256 >= 20x single).
+
+    .venv/bin/python benchmarks/sampling.py [--threads N] [--seconds 3] [--shapes 2x128,3x512]
+
+--threads sets torch's and OpenBLAS's thread count (it must be known before NumPy loads, hence here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--threads", type=int, default=None, help="torch and OpenBLAS threads (default: theirs)")
+parser.add_argument("--seconds", type=float, default=3.0, help="time spent on each figure")
+parser.add_argument("--shapes", default="2x128,3x512", help="comma-separated LAYERSxHIDDEN")
+parser.add_argument("--batch", type=int, default=256, help="samples in the batched figure")
+args = parser.parse_args()
+if args.threads:
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(args.threads)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
+from charlstm.data import Vocab  # noqa: E402
+from charlstm.model import CharRNN  # noqa: E402
+from charlstm.sample import LoadedModel, generate  # noqa: E402
+
+VOCAB = [chr(c) for c in range(32, 97)]  # 65 printable characters, no end-of-record entry
+TEMPERATURE = 0.8
+
+
+def naive_loop(model: CharRNN, batch: int, seconds: float) -> float:
+    """The reference: nn.LSTM (and embedding, head, multinomial) called once per character. Returns chars/s."""
+    torch.manual_seed(0)
+    x = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
+    state, steps = None, 0
+    with torch.inference_mode():
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for _ in range(16):
+                out, state = model.rnn(model.embed(x), state)  # (B, 1, H)
+                probs = torch.softmax(model.head(out[:, -1]) / TEMPERATURE, dim=-1)  # (B, V)
+                x = torch.multinomial(probs, 1)  # (B, 1)
+            steps += 16
+        elapsed = time.perf_counter() - started
+    return steps * batch / elapsed
+
+
+def charlstm_rate(loaded: LoadedModel, batch: int, seconds: float, fast: bool) -> float:
+    """chars/s of charlstm's generate(), streamed as the CLI consumes it; the length is sized to ~`seconds`."""
+    length = 64
+    while True:
+        config = SampleConfig(length=length, temperature=TEMPERATURE, seed=1, num_samples=batch)
+        started = time.perf_counter()
+        chars = sum(len(piece) for _, piece in generate(loaded, config, fast=fast))
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds or length >= 10_000_000:
+            return chars / elapsed
+        length = int(length * min(16.0, 1.3 * seconds / max(elapsed, 1e-3)))
+
+
+def main() -> None:
+    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+    rows = []
+    for shape in args.shapes.split(","):
+        layers, hidden = (int(v) for v in shape.lower().split("x"))
+        torch.manual_seed(0)
+        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), layers=layers, hidden=hidden, embed=64)).eval()
+        loaded = LoadedModel(model=model, vocab=Vocab(VOCAB), path=Path("random"), payload={})
+        seconds = args.seconds
+        naive_single = naive_loop(model, 1, seconds)
+        plain_single = charlstm_rate(loaded, 1, seconds, fast=False)
+        fast_single = charlstm_rate(loaded, 1, seconds, fast=True)
+        naive_batch = naive_loop(model, args.batch, seconds)
+        fast_batch = charlstm_rate(loaded, args.batch, seconds, fast=True)
+        rows.append((shape, naive_single, plain_single, fast_single, naive_batch, fast_batch))
+        print(f"\n{layers} x {hidden} LSTM (vocab {len(VOCAB)}, temperature {TEMPERATURE}), chars/s:")
+        print(f"  reference naive nn.LSTM loop, batch 1   {naive_single:12,.0f}")
+        print(f"  charlstm plain path (fast=False), batch 1{plain_single:11,.0f}   {plain_single / naive_single:6.1f}x reference")
+        print(f"  charlstm sampler, batch 1               {fast_single:12,.0f}   {fast_single / naive_single:6.1f}x reference")
+        print(f"  reference naive nn.LSTM loop, batch {args.batch} {naive_batch:12,.0f}")
+        print(f"  charlstm sampler, batch {args.batch}             {fast_batch:12,.0f}   "
+              f"{fast_batch / fast_single:6.1f}x charlstm batch 1, {fast_batch / naive_single:6.1f}x reference batch 1, "
+              f"{fast_batch / naive_batch:5.2f}x reference batch {args.batch}")  # fmt: skip
+    print(f"\n| shape | naive b1 | charlstm plain b1 | charlstm b1 (x naive) | naive b{args.batch} | charlstm b{args.batch} (x charlstm b1) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for shape, naive_single, plain_single, fast_single, naive_batch, fast_batch in rows:
+        print(f"| {shape} | {naive_single:,.0f} | {plain_single:,.0f} | {fast_single:,.0f} ({fast_single / naive_single:.1f}x) "
+              f"| {naive_batch:,.0f} | {fast_batch:,.0f} ({fast_batch / fast_single:.1f}x) |")  # fmt: skip
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
