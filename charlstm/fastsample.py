@@ -58,19 +58,30 @@ class TorchStepper:
 
 
 class NumpyLSTMStepper(TorchStepper):
-    """CPU LSTM step in NumPy float32: about one µs of overhead per operation instead of several."""
+    """CPU LSTM step in NumPy float32: about one µs of overhead per operation instead of several.
+
+    Layout, chosen so that each step is few operations:
+      * hs (N, L*H) = [h_0, h_1, ..., h_{L-1}]: layer l > 0 reads [h_{l-1}, h_l] as one slice, one matmul
+        with the stacked [W_ih; W_hh];
+      * a (N, 5H) buffer per layer = [o, i, f, g, c]: gates written by the matmul, the cell state right
+        after g, so [i, f] * [g, c] is one multiply;
+      * layer 0's input projection (embedding @ W_ih^T + biases) is a (V, 4H) table looked up per character;
+      * gate rows reordered to o, i, f, g with o i f halved: one tanh gives all four gates,
+        sigmoid(x) = (1 + tanh(x / 2)) / 2.
+    """
 
     def __init__(self, model: CharRNN, num_samples: int):
         super().__init__(model)
         config = model.config
-        self.layers = [_NumpyLSTMLayer(model, layer, num_samples) for layer in range(config.layers)]
+        self.single = num_samples == 1
+        self.hs = np.zeros((num_samples, config.layers * config.hidden), np.float32)
+        self.layers = [_NumpyLSTMLayer(model, layer, self.hs) for layer in range(config.layers)]
         rnn = model.rnn
         w_ih = rnn.weight_ih_l0.detach().double().cpu()  # (4H, E)
         bias = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().double().cpu()  # (4H,)
         embedding = model.embed.weight.detach().double().cpu()  # (V, E)
-        # layer 0's input projection of every character, both biases included: (V, 4H)
-        self.input_table = _as_f32(_reorder_and_halve(w_ih @ embedding.T + bias[:, None]).T)
-        self.head_weight_t = _as_f32(model.head.weight)  # (V, H); used as .T
+        self.input_table = _as_f32(_gate_rows(w_ih @ embedding.T + bias[:, None]).T)  # (V, 4H)
+        self.head_weight = _as_f32(model.head.weight.T)  # (H, V)
         self.head_bias = _as_f32(model.head.bias)  # (V,)
         self.logits = np.zeros((num_samples, config.vocab_size), np.float32)
 
@@ -79,31 +90,26 @@ class NumpyLSTMStepper(TorchStepper):
         h, c = self.state
         for layer, h_l, c_l in zip(self.layers, h, c):
             layer.h[:] = h_l.float().cpu().numpy()
-            layer.cell[:] = c_l.float().cpu().numpy()
+            layer.c[:] = c_l.float().cpu().numpy()
         self.state = None
         return logits.float().cpu().numpy()
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        below = None
         for layer in self.layers:
             gates = layer.gates
-            if below is None:
-                np.dot(layer.xh, layer.weight_t.T, out=gates)  # (N, H) @ (H, 4H): the recurrent part only
-                gates += self.input_table[ids]  # the input part, looked up
+            np.matmul(layer.input, layer.weight, out=gates)  # (N, K) @ (K, 4H)
+            if layer.index == 0:
+                gates += self.input_table[ids[0]] if self.single else self.input_table[ids]
             else:
-                layer.x[:] = below.h
-                np.dot(layer.xh, layer.weight_t.T, out=gates)  # (N, 2H) @ (2H, 4H): [x, h] fused
                 gates += layer.bias
-            np.tanh(gates, out=gates)  # gate order i, f, o, g; i f o pre-halved
-            layer.sig *= 0.5
-            layer.sig += 0.5  # sigmoid(x) = (1 + tanh(x / 2)) / 2
-            layer.cell *= layer.f
-            np.multiply(layer.i, layer.g, out=layer.scratch)
-            layer.cell += layer.scratch  # c = f * c + i * g
-            np.tanh(layer.cell, out=layer.scratch)
+            np.tanh(gates, out=gates)
+            layer.oif *= 0.5
+            layer.oif += 0.5  # sigmoid(x) = (1 + tanh(x / 2)) / 2
+            np.multiply(layer.i_f, layer.g_c, out=layer.products)  # [i * g, f * c]
+            np.add(layer.products[:, : layer.hidden], layer.products[:, layer.hidden :], out=layer.c)
+            np.tanh(layer.c, out=layer.scratch)
             np.multiply(layer.o, layer.scratch, out=layer.h)  # h = o * tanh(c)
-            below = layer
-        np.dot(below.h, self.head_weight_t.T, out=self.logits)  # (N, V)
+        np.matmul(self.layers[-1].h, self.head_weight, out=self.logits)  # (N, H) @ (H, V)
         self.logits += self.head_bias
         return self.logits
 
@@ -115,26 +121,28 @@ class NumpyLSTMStepper(TorchStepper):
 
 
 class _NumpyLSTMLayer:
-    """One layer's weights (rows reordered to gates i, f, o, g; i f o halved) and buffers, with fixed views."""
+    """One layer's weights (gate rows o, i, f, g; o i f halved) and its buffers, as fixed views."""
 
-    def __init__(self, model: CharRNN, layer: int, num_samples: int):
+    def __init__(self, model: CharRNN, layer: int, hs: np.ndarray):
         rnn, H = model.rnn, model.config.hidden
+        n = hs.shape[0]
+        self.index, self.hidden = layer, H
         w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().double().cpu()  # (4H, H)
+        bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")).detach().double().cpu()
         if layer == 0:
-            weight = w_hh  # the input part comes from NumpyLSTMStepper.input_table
+            weight = w_hh  # the input part and the biases come from NumpyLSTMStepper.input_table
+            self.input = hs[:, :H]  # h_0
         else:
             weight = torch.cat([getattr(rnn, f"weight_ih_l{layer}").detach().double().cpu(), w_hh], dim=1)
-        bias = (getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")).detach().double().cpu()
-        # (4H, K) row-major and used as .T: BLAS reads it as a transposed operand, the fastest gemv here
-        self.weight_t = _as_f32(_reorder_and_halve(weight))
-        self.bias = _as_f32(_reorder_and_halve(bias[:, None])[:, 0])  # (4H,)
-        self.xh = np.zeros((num_samples, weight.size(1)), np.float32)  # [input from below, own h]
-        self.x, self.h = self.xh[:, :-H], self.xh[:, -H:]
-        self.cell = np.zeros((num_samples, H), np.float32)
-        self.scratch = np.zeros((num_samples, H), np.float32)
-        self.gates = np.zeros((num_samples, 4 * H), np.float32)
-        self.sig = self.gates[:, : 3 * H]
-        self.i, self.f, self.o, self.g = (self.gates[:, k * H : (k + 1) * H] for k in range(4))
+            self.input = hs[:, (layer - 1) * H : (layer + 1) * H]  # [h_below, h]
+        self.weight = _as_f32(_gate_rows(weight).T)  # (K, 4H)
+        self.bias = _as_f32(_gate_rows(bias[:, None])[:, 0])  # (4H,); layer 0's is in the input table
+        self.h = hs[:, layer * H : (layer + 1) * H]
+        buffer = np.zeros((n, 5 * H), np.float32)  # [o, i, f, g, c]
+        self.gates, self.c = buffer[:, : 4 * H], buffer[:, 4 * H :]
+        self.oif, self.o, self.i_f, self.g_c = buffer[:, : 3 * H], buffer[:, :H], buffer[:, H : 3 * H], buffer[:, 3 * H :]
+        self.products = np.zeros((n, 2 * H), np.float32)
+        self.scratch = np.zeros((n, H), np.float32)
 
 
 class ChunkedTorchStepper(TorchStepper):
@@ -223,10 +231,10 @@ def make_stepper(model: CharRNN, num_samples: int, fast: bool = True) -> TorchSt
     return TorchStepper(model)  # GRU/RNN on CPU, MPS, or forced plain
 
 
-def _reorder_and_halve(rows: torch.Tensor) -> torch.Tensor:
-    """(4H, K) in torch's i, f, g, o order -> i, f, o, g with i f o multiplied by 1/2 (exact in binary)."""
+def _gate_rows(rows: torch.Tensor) -> torch.Tensor:
+    """(4H, K) in torch's i, f, g, o order -> o, i, f, g with o i f multiplied by 1/2 (exact in binary)."""
     i, f, g, o = rows.chunk(4, dim=0)
-    return torch.cat([i * 0.5, f * 0.5, o * 0.5, g], dim=0)
+    return torch.cat([o * 0.5, i * 0.5, f * 0.5, g], dim=0)
 
 
 def _as_f32(t: torch.Tensor) -> np.ndarray:
