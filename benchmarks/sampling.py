@@ -6,6 +6,8 @@ For each LSTM shape (random weights, vocabulary 65, temperature 0.8, no stop str
   * charlstm plain path (generate(..., fast=False)), batch 1;
   * charlstm default path (generate()), batch 1 and --num-samples 256;
 with the ratios the targets speak of (single >= 15,000 / 1,500 chars/s; batch 256 >= 20x single).
+Each figure is given as chars per wall-clock second and, in brackets, chars per CPU-second of this process
+(less sensitive to other processes on a shared machine; with several threads it sums their CPU time).
 
     .venv/bin/python benchmarks/sampling.py [--threads N] [--seconds 3] [--shapes 2x128,3x512]
 
@@ -45,33 +47,45 @@ VOCAB = [chr(c) for c in range(32, 97)]  # 65 printable characters, no end-of-re
 TEMPERATURE = 0.8
 
 
-def naive_loop(model: CharRNN, batch: int, seconds: float) -> float:
-    """The reference: nn.LSTM (and embedding, head, multinomial) called once per character. Returns chars/s."""
+class Rate:
+    """chars per wall-clock second and per CPU-second of this process."""
+
+    def __init__(self, chars: int, wall: float, cpu: float):
+        self.wall, self.cpu = chars / wall, chars / max(cpu, 1e-9)
+
+    def __str__(self) -> str:
+        return f"{self.wall:,.0f} ({self.cpu:,.0f})"
+
+    def times(self, other: "Rate") -> str:
+        return f"{self.wall / other.wall:.1f}x ({self.cpu / other.cpu:.1f}x)"
+
+
+def naive_loop(model: CharRNN, batch: int, seconds: float) -> Rate:
+    """The reference: nn.LSTM (and embedding, head, multinomial) called once per character."""
     torch.manual_seed(0)
     x = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
     state, steps = None, 0
     with torch.inference_mode():
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             for _ in range(16):
                 out, state = model.rnn(model.embed(x), state)  # (B, 1, H)
                 probs = torch.softmax(model.head(out[:, -1]) / TEMPERATURE, dim=-1)  # (B, V)
                 x = torch.multinomial(probs, 1)  # (B, 1)
             steps += 16
-        elapsed = time.perf_counter() - started
-    return steps * batch / elapsed
+        return Rate(steps * batch, time.perf_counter() - started, time.process_time() - cpu_started)
 
 
-def charlstm_rate(loaded: LoadedModel, batch: int, seconds: float, fast: bool) -> float:
-    """chars/s of charlstm's generate(), streamed as the CLI consumes it; the length is sized to ~`seconds`."""
+def charlstm_rate(loaded: LoadedModel, batch: int, seconds: float, fast: bool) -> Rate:
+    """charlstm's generate(), streamed as the CLI consumes it; the length is sized to take ~`seconds`."""
     length = 64
     while True:
         config = SampleConfig(length=length, temperature=TEMPERATURE, seed=1, num_samples=batch)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         chars = sum(len(piece) for _, piece in generate(loaded, config, fast=fast))
         elapsed = time.perf_counter() - started
         if elapsed >= seconds or length >= 10_000_000:
-            return chars / elapsed
+            return Rate(chars, elapsed, time.process_time() - cpu_started)
         length = int(length * min(16.0, 1.3 * seconds / max(elapsed, 1e-3)))
 
 
@@ -92,19 +106,21 @@ def main() -> None:
         naive_batch = naive_loop(model, args.batch, seconds)
         fast_batch = charlstm_rate(loaded, args.batch, seconds, fast=True)
         rows.append((shape, naive_single, plain_single, fast_single, naive_batch, fast_batch))
-        print(f"\n{layers} x {hidden} LSTM (vocab {len(VOCAB)}, temperature {TEMPERATURE}), chars/s:")
-        print(f"  reference naive nn.LSTM loop, batch 1   {naive_single:12,.0f}")
-        print(f"  charlstm plain path (fast=False), batch 1{plain_single:11,.0f}   {plain_single / naive_single:6.1f}x reference")
-        print(f"  charlstm sampler, batch 1               {fast_single:12,.0f}   {fast_single / naive_single:6.1f}x reference")
-        print(f"  reference naive nn.LSTM loop, batch {args.batch} {naive_batch:12,.0f}")
-        print(f"  charlstm sampler, batch {args.batch}             {fast_batch:12,.0f}   "
-              f"{fast_batch / fast_single:6.1f}x charlstm batch 1, {fast_batch / naive_single:6.1f}x reference batch 1, "
-              f"{fast_batch / naive_batch:5.2f}x reference batch {args.batch}")  # fmt: skip
-    print(f"\n| shape | naive b1 | charlstm plain b1 | charlstm b1 (x naive) | naive b{args.batch} | charlstm b{args.batch} (x charlstm b1) |")
-    print("|---|---:|---:|---:|---:|---:|")
+        print(f"\n{layers} x {hidden} LSTM (vocab {len(VOCAB)}, temperature {TEMPERATURE}), chars/s (per CPU-s):")
+        print(f"  reference: naive nn.LSTM loop, batch 1      {naive_single}")
+        print(f"  charlstm plain path (fast=False), batch 1   {plain_single}   = {plain_single.times(naive_single)} reference")
+        print(f"  charlstm sampler, batch 1                   {fast_single}   = {fast_single.times(naive_single)} reference")
+        print(f"  reference: naive nn.LSTM loop, batch {args.batch}    {naive_batch}")
+        print(f"  charlstm sampler, batch {args.batch}                 {fast_batch}   = {fast_batch.times(fast_single)} "
+              f"charlstm batch 1, {fast_batch.times(naive_single)} reference batch 1, "
+              f"{fast_batch.times(naive_batch)} reference batch {args.batch}")  # fmt: skip
+    print(f"\nchars/s (chars per CPU-second); ratios likewise")
+    print(f"| shape | naive b1 | charlstm plain b1 | charlstm b1 | vs naive b1 | naive b{args.batch} "
+          f"| charlstm b{args.batch} | vs charlstm b1 | vs naive b1 |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for shape, naive_single, plain_single, fast_single, naive_batch, fast_batch in rows:
-        print(f"| {shape} | {naive_single:,.0f} | {plain_single:,.0f} | {fast_single:,.0f} ({fast_single / naive_single:.1f}x) "
-              f"| {naive_batch:,.0f} | {fast_batch:,.0f} ({fast_batch / fast_single:.1f}x) |")  # fmt: skip
+        print(f"| {shape} | {naive_single} | {plain_single} | {fast_single} | {fast_single.times(naive_single)} "
+              f"| {naive_batch} | {fast_batch} | {fast_batch.times(fast_single)} | {fast_batch.times(naive_single)} |")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
