@@ -84,6 +84,7 @@ class NumpyLSTMStepper(TorchStepper):
         self.head_weight = _as_f32(model.head.weight.T)  # (H, V)
         self.head_bias = _as_f32(model.head.bias)  # (V,)
         self.logits = np.zeros((num_samples, config.vocab_size), np.float32)
+        self.operations = self._operations()
 
     def start(self, x: torch.Tensor) -> np.ndarray:
         logits = super().start(x)  # the start text goes through nn.LSTM in one call
@@ -95,23 +96,35 @@ class NumpyLSTMStepper(TorchStepper):
         return logits.float().cpu().numpy()
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            gates = layer.gates
-            np.matmul(layer.input, layer.weight, out=gates)  # (N, K) @ (K, 4H)
-            if layer.index == 0:
-                gates += self.input_table[ids[0]] if self.single else self.input_table[ids]
-            else:
-                gates += layer.bias
-            np.tanh(gates, out=gates)
-            layer.oif *= 0.5
-            layer.oif += 0.5  # sigmoid(x) = (1 + tanh(x / 2)) / 2
-            np.multiply(layer.i_f, layer.g_c, out=layer.products)  # [i * g, f * c]
-            np.add(layer.products[:, : layer.hidden], layer.products[:, layer.hidden :], out=layer.c)
-            np.tanh(layer.c, out=layer.scratch)
-            np.multiply(layer.o, layer.scratch, out=layer.h)  # h = o * tanh(c)
-        np.matmul(self.layers[-1].h, self.head_weight, out=self.logits)  # (N, H) @ (H, V)
-        self.logits += self.head_bias
+        first = self.layers[0]
+        np.matmul(first.input, first.weight, out=first.gates)  # (N, H) @ (H, 4H): the recurrent part
+        first.gates += self.input_table[ids[0]] if self.single else self.input_table[ids]  # the input part
+        for operation, operands in self.operations:  # the rest of the step, a fixed sequence (see _operations)
+            operation(*operands)
         return self.logits
+
+    def _operations(self) -> list[tuple[np.ufunc, tuple]]:
+        """Every NumPy call of a step after layer 0's matmul and table lookup, operands bound once: (ufunc,
+        (inputs..., out)). Looping over this list costs less Python than the same code written out."""
+        ops = []
+        for layer in self.layers:
+            H = layer.hidden
+            if layer.index > 0:
+                ops += [(np.matmul, (layer.input, layer.weight, layer.gates)),  # (N, 2H) @ (2H, 4H)
+                        (np.add, (layer.gates, layer.bias, layer.gates))]  # fmt: skip
+            ops += [
+                (np.tanh, (layer.gates, layer.gates)),
+                (np.multiply, (layer.oif, 0.5, layer.oif)),
+                (np.add, (layer.oif, 0.5, layer.oif)),  # sigmoid(x) = (1 + tanh(x / 2)) / 2
+                (np.multiply, (layer.i_f, layer.g_c, layer.products)),  # [i * g, f * c]
+                (np.add, (layer.products[:, :H], layer.products[:, H:], layer.c)),  # c = f * c + i * g
+                (np.tanh, (layer.c, layer.scratch)),
+                (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
+            ]
+        top = self.layers[-1]
+        ops += [(np.matmul, (top.h, self.head_weight, self.logits)),  # (N, H) @ (H, V)
+                (np.add, (self.logits, self.head_bias, self.logits))]  # fmt: skip
+        return ops
 
     def draw(self, logits: np.ndarray, uniforms: np.ndarray, config) -> np.ndarray:
         return draw_ids_numpy(logits, uniforms, config.temperature, config.top_k, config.top_p)
