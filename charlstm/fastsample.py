@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .draw import UNIFORM_CHUNK, draw_ids, draw_ids_numpy, uniform_chunks
+from .draw import draw_ids, draw_ids_numpy, uniform_chunks
 from .model import CharRNN, State
 
 GRAPH_CHUNK = 32  # CUDA: characters per graph replay (and per host sync)
@@ -262,5 +262,3 @@ def _copy_state(into: State, source: State) -> None:
     for dst, src in zip(into, source) if isinstance(into, tuple) else [(into, source)]:
         dst.copy_(src)
 
-
-__all__ = ["ChunkedTorchStepper", "NumpyLSTMStepper", "TorchStepper", "make_stepper", "UNIFORM_CHUNK"]
