@@ -2,7 +2,7 @@
 
 For each LSTM shape (random weights, vocabulary 65, temperature 0.8, no stop strings) it prints chars/s of
   * reference: embedding -> nn.LSTM -> linear -> softmax -> torch.multinomial, the LSTM called once per
-    character (batch 1, and batch 256);
+    character, each character read back to the host (batch 1, and batch 256);
   * charlstm plain path (generate(..., fast=False)), batch 1;
   * charlstm default path (generate()), batch 1 and --num-samples 256;
 with the ratios the targets speak of (single >= 15,000 / 1,500 chars/s; batch 256 >= 20x single).
@@ -27,6 +27,7 @@ parser.add_argument("--threads", type=int, default=None, help="torch and OpenBLA
 parser.add_argument("--seconds", type=float, default=3.0, help="time spent on each figure")
 parser.add_argument("--shapes", default="2x128,3x512", help="comma-separated LAYERSxHIDDEN")
 parser.add_argument("--batch", type=int, default=256, help="samples in the batched figure")
+parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA charlstm uses its CUDA-graph stepper)")
 args = parser.parse_args()
 if args.threads:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -63,7 +64,7 @@ class Rate:
 def naive_loop(model: CharRNN, batch: int, seconds: float) -> Rate:
     """The reference: nn.LSTM (and embedding, head, multinomial) called once per character."""
     torch.manual_seed(0)
-    x = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
+    x = torch.zeros(batch, 1, dtype=torch.long, device=args.device)  # (B, 1)
     state, steps = None, 0
     with torch.inference_mode():
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -72,6 +73,7 @@ def naive_loop(model: CharRNN, batch: int, seconds: float) -> Rate:
                 out, state = model.rnn(model.embed(x), state)  # (B, 1, H)
                 probs = torch.softmax(model.head(out[:, -1]) / TEMPERATURE, dim=-1)  # (B, V)
                 x = torch.multinomial(probs, 1)  # (B, 1)
+                x.view(-1).tolist()  # the characters reach the host, as a streaming sampler's must
             steps += 16
         return Rate(steps * batch, time.perf_counter() - started, time.process_time() - cpu_started)
 
@@ -90,14 +92,14 @@ def charlstm_rate(loaded: LoadedModel, batch: int, seconds: float, fast: bool) -
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+    print(f"device {args.device}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
     rows = []
     for shape in args.shapes.split(","):
         layers, hidden = (int(v) for v in shape.lower().split("x"))
         torch.manual_seed(0)
-        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), layers=layers, hidden=hidden, embed=64)).eval()
+        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), layers=layers, hidden=hidden, embed=64)).to(args.device).eval()
         loaded = LoadedModel(model=model, vocab=Vocab(VOCAB), path=Path("random"), payload={})
         seconds = args.seconds
         naive_single = naive_loop(model, 1, seconds)
