@@ -2,8 +2,9 @@
 
 One rule, two implementations: torch (any device; the reference path, and what the CUDA graph captures) and
 NumPy (the fast CPU path, where a torch op's dispatch overhead would cost more than the arithmetic). Both
-filter in float32, build the CDF in float64 and pick the first id whose cumulative probability exceeds
-u * total, so the same logits and uniforms give the same ids except at an exact CDF boundary.
+build the CDF in float64 and pick the first id whose cumulative probability exceeds u * total; torch filters
+in float32 and NumPy in float64, so the same logits and uniforms give the same ids unless a uniform lands
+within float32 rounding of a CDF boundary (tests/test_fastsample.py compares them).
 """
 
 from __future__ import annotations
