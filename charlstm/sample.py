@@ -12,7 +12,9 @@ import torch
 from . import checkpoint as ckpt
 from .config import ModelConfig, SampleConfig, from_dict
 from .data import Vocab
+from .draw import choose, filter_logits  # noqa: F401  (the draw rule; re-exported for callers of sample.py)
 from .errors import CharlstmError
+from .fastsample import make_stepper
 from .model import CharRNN
 
 
@@ -43,38 +45,15 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     return LoadedModel(model=model, vocab=Vocab(vocab_chars), path=file, payload=payload)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Next-character probabilities (N, V) after temperature, top-k and nucleus (top-p) filtering."""
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass strictly before each entry
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # always keeps the most likely
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return probs
-
-
-def choose(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: the first id whose cumulative probability exceeds u * total. (N, V), (N,) -> (N,)"""
-    cdf = torch.cumsum(probs.double(), dim=-1)
-    targets = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)  # (N, 1)
-    ids = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
-    return ids.clamp_(max=probs.size(-1) - 1)
-
-
-def generate(loaded: LoadedModel, config: SampleConfig) -> Iterator[tuple[int, str]]:
+def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; `config.num_samples` samples run as one batch.
 
     A sample ends after `config.length` characters, when the model emits its end-of-record marker, or when
-    one of `config.stop` appears (the stop text itself is not emitted).
+    one of `config.stop` appears (the stop text itself is not emitted). `fast=False` forces the plain
+    per-character model call (the reference the fast steppers in fastsample.py reproduce).
     """
     config.validate()
     model, vocab = loaded.model, loaded.vocab
-    device = next(model.parameters()).device
     unknown = vocab.unknown(config.prime)
     if unknown:
         raise CharlstmError(
@@ -107,18 +86,10 @@ def generate(loaded: LoadedModel, config: SampleConfig) -> Iterator[tuple[int, s
     alive = [True] * n
 
     with torch.inference_mode():
-        x = torch.tensor([start] * n, dtype=torch.long, device=device)  # (N, P)
-        logits, state = model(x, None)
-        logits = logits[:, -1]  # (N, V)
-        for _ in range(config.length):
-            if config.temperature == 0:
-                ids = torch.argmax(logits, dim=-1).cpu()
-                rng_draw = torch.rand(n, generator=rng)  # keep the stream of draws aligned across temperatures
-                del rng_draw
-            else:
-                probs = filter_logits(logits, config.temperature, config.top_k, config.top_p).cpu()
-                ids = choose(probs, torch.rand(n, generator=rng))
-            for i, token in enumerate(ids.tolist()):
+        stepper = make_stepper(model, n, fast=fast)
+        x = torch.tensor([start] * n, dtype=torch.long)  # (N, P)
+        for ids in stepper.sample_ids(x, config, rng):  # config.length rows of N ids
+            for i, token in enumerate(ids):
                 if not alive[i]:
                     continue
                 if token == eor:
@@ -138,8 +109,6 @@ def generate(loaded: LoadedModel, config: SampleConfig) -> Iterator[tuple[int, s
                     emitted_upto[i] = safe
             if not any(alive):
                 break
-            logits, state = model(ids.to(device).unsqueeze(1), state)
-            logits = logits[:, -1]
     for i in range(n):
         if alive[i] and len(texts[i]) > emitted_upto[i]:
             yield i, texts[i][emitted_upto[i] :]
@@ -153,9 +122,9 @@ def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
     return None
 
 
-def sample_text(loaded: LoadedModel, config: SampleConfig) -> list[str]:
+def sample_text(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> list[str]:
     """All samples, whole."""
     out = [""] * config.num_samples
-    for i, piece in generate(loaded, config):
+    for i, piece in generate(loaded, config, fast=fast):
         out[i] += piece
     return out

@@ -1,0 +1,111 @@
+"""The fast samplers reproduce the plain per-character path: same uniforms, same rule, same text."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from charlstm.config import ModelConfig, SampleConfig
+from charlstm.data import Vocab
+from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
+from charlstm.fastsample import ChunkedTorchStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm.model import CharRNN
+from charlstm.sample import LoadedModel, sample_text
+
+CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
+END_OF_RECORD = ""
+
+
+def random_model(cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 3.0,
+                 chars: list[str] = CHARS) -> LoadedModel:  # fmt: skip
+    """Random weights scaled up so the next-character distributions are far from uniform."""
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=len(chars), cell=cell, layers=layers, hidden=hidden, embed=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(gain)
+    return LoadedModel(model=model.eval(), vocab=Vocab(chars), path=Path("random"), payload={})
+
+
+def test_uniform_chunks_are_the_per_step_stream():
+    for n, chunk in [(1, 64), (5, 3), (256, 7)]:
+        per_step = torch.Generator().manual_seed(11)
+        chunked = torch.Generator().manual_seed(11)
+        expected = torch.stack([torch.rand(n, generator=per_step) for _ in range(20)])
+        got = torch.cat(list(uniform_chunks(chunked, n, 20, chunk)))
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (0.9, 0, 0.8), (1.0, 10, 0.6), (0, 0, 1.0)])
+def test_numpy_draw_matches_torch_draw(rows, temperature, top_k, top_p):
+    generator = torch.Generator().manual_seed(rows * 100 + top_k)
+    for _ in range(300):
+        logits = torch.randn(rows, 40, generator=generator) * 3  # (N, V)
+        uniforms = torch.rand(rows, generator=generator, dtype=torch.float64)
+        expected = draw_ids(logits, uniforms, temperature, top_k, top_p)
+        got = draw_ids_numpy(logits.numpy(), uniforms.numpy(), temperature, top_k, top_p)
+        assert got.tolist() == expected.tolist()
+
+
+def test_numpy_draw_filters_like_torch():
+    logits = np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)
+    below_top = np.array([0.999])
+    assert draw_ids_numpy(logits, below_top, 1.0, 2, 1.0).tolist() == [3]
+    assert draw_ids_numpy(logits, np.array([0.0]), 1.0, 2, 1.0).tolist() == [2]  # top-2 keeps ids 2 and 3
+    assert draw_ids_numpy(logits, np.array([0.0]), 1.0, 0, 0.5).tolist() == [3]  # 0.64 alone reaches 0.5
+    assert draw_ids_numpy(logits, np.array([0.0]), 1.0, 0, 0.7).tolist() == [2]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_fast_lstm_text_equals_plain_text(layers):
+    loaded = random_model(layers=layers, seed=layers)
+    settings = [
+        dict(seed=1),
+        dict(seed=2, temperature=1.4),
+        dict(seed=3, temperature=0.6, top_k=4),
+        dict(seed=4, top_p=0.7),
+        dict(seed=5, temperature=0),
+        dict(seed=6, num_samples=3, temperature=1.1, top_k=8, top_p=0.9),
+        dict(seed=7, prime="the cat", num_samples=2),
+        dict(seed=8, num_samples=4, stop=["."]),
+    ]
+    for extra in settings:
+        config = SampleConfig(length=400, **extra)
+        assert isinstance(make_stepper(loaded.model, config.num_samples), NumpyLSTMStepper)
+        fast = sample_text(loaded, config)
+        assert fast == sample_text(loaded, config, fast=False), extra
+        if not config.stop:
+            assert all(len(text) == len(config.prime) + 400 for text in fast)
+
+
+def test_fast_path_ends_records_like_plain():
+    loaded = random_model(seed=5, chars=[END_OF_RECORD, *CHARS])
+    with torch.no_grad():
+        loaded.model.head.bias[0] -= 1.0  # end-of-record: likely enough to end some samples, not all
+    config = SampleConfig(length=200, seed=3, num_samples=6)
+    fast, plain = sample_text(loaded, config), sample_text(loaded, config, fast=False)
+    assert fast == plain
+    assert min(len(t) for t in fast) < 200 < max(len(t) for t in fast) + 1  # some ended early, not all at once
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunked_stepper_eager_equals_plain(cell):
+    """What the CUDA graph replays, run eagerly on the CPU: same rows as the plain stepper."""
+    model = random_model(cell=cell, seed=9).model
+    config = SampleConfig(length=53, seed=0, temperature=0.9, top_k=6, top_p=0.95, num_samples=3)
+    x = torch.tensor([[1, 5, 7]] * 3)  # (N, P)
+    with torch.inference_mode():
+        plain = list(TorchStepper(model).sample_ids(x, config, torch.Generator().manual_seed(4)))
+        for chunk in (1, 5, 64):
+            stepper = ChunkedTorchStepper(model, chunk=chunk, use_graph=False)
+            chunked = list(stepper.sample_ids(x, config, torch.Generator().manual_seed(4)))
+            assert chunked == plain
+    assert len(plain) == 53 and all(len(row) == 3 for row in plain)
+
+
+def test_stepper_choice():
+    assert isinstance(make_stepper(random_model().model, 1), NumpyLSTMStepper)
+    assert type(make_stepper(random_model().model, 1, fast=False)) is TorchStepper
+    assert type(make_stepper(random_model(cell="gru").model, 1)) is TorchStepper  # GRU/RNN on CPU: plain path
