@@ -95,11 +95,24 @@ def configure_backends(device: torch.device) -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def compile_model(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torch.compile, after checking what it needs: a C++ compiler for CPU code."""
+def window_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the real targets of a window, in fp32 whatever the logits' precision."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),  # (R*T, V)
+        targets.reshape(-1),  # (R*T,)
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def compiled_loss(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`window_loss_sum` through torch.compile: the fp32 cast, log-softmax and NLL become fused kernels.
+
+    The model itself stays eager: Dynamo refuses to trace nn.LSTM/GRU/RNN (it would skip the whole forward),
+    and the recurrent stack is a single fused cuDNN/oneDNN call already."""
     if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         raise CharlstmError("--compile on CPU needs a C++ compiler (g++ or clang++) on the PATH")
-    return torch.compile(module)
+    return torch.compile(window_loss_sum)
 
 
 def lr_at(config: TrainConfig, progress: float) -> float:
@@ -125,9 +138,7 @@ def evaluate(
     for x, y in streams:
         with _autocast(x.device, amp):
             logits, state = model(x, state)
-        total += F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        total += window_loss_sum(logits, y)
     model.train(was_training)
     return dist.sum_(total).item() / streams.num_targets
 
@@ -220,6 +231,7 @@ class Trainer:
         if self.dist.rank > 0:
             torch.manual_seed(train_config.seed + self.dist.rank)  # the same weights, its own dropout masks
         self.forward_model = self._wrap(self.model)  # what a training step calls
+        self.loss_sum = compiled_loss(self.device) if train_config.compile else window_loss_sum
         self.optimizer = self._make_optimizer()
         self.progress = Progress()
         self.state = None
@@ -247,18 +259,13 @@ class Trainer:
         return Streams(val_ids, val_batch, seq_len, self.device, rows=self.dist.rows(val_batch))
 
     def _wrap(self, model: CharRNN) -> torch.nn.Module:
-        """DistributedDataParallel around the model when there are several ranks, then torch.compile if asked.
+        """DistributedDataParallel around the model when there are several ranks (`self.model` stays the bare
+        module: checkpoints and evaluation use it)."""
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
 
-        `self.model` stays the bare module: checkpoints and evaluation use it."""
-        wrapped: torch.nn.Module = model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(model, device_ids=device_ids)
-        if self.config.compile:
-            wrapped = compile_model(wrapped, self.device)
-        return wrapped
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _merge_resumed(self, payload, model_config: ModelConfig, train_config: TrainConfig, explicit: set[str]):
         saved_model = from_dict(ModelConfig, payload["model_config"])
@@ -453,7 +460,6 @@ class Trainer:
             if not self.run_dir.is_dir():
                 raise CharlstmError(f"output directory {self.run_dir} is not a directory")
         model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
-        vocab_size = len(self.vocab)
         world = self.dist.world_size
         show_progress = show_progress and self.dist.is_main
         model.train()
@@ -488,9 +494,7 @@ class Trainer:
                     logits, state = model(x, self.state)  # (R, T, V)
                 # summed over this rank's rows, divided by the real targets of the window on all ranks, times
                 # the ranks: DDP's gradient average is then the gradient of the mean over all B rows, exactly
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, vocab_size), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-                ) * (world / streams.targets_in(p.position))
+                loss = self.loss_sum(logits, y) * (world / streams.targets_in(p.position))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if c.grad_clip > 0:

@@ -17,7 +17,7 @@ from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data import Streams, load_corpus
 from charlstm.distributed import Distributed
 from charlstm.errors import CharlstmError
-from charlstm.train import Trainer, train
+from charlstm.train import Trainer, train, window_loss_sum
 
 from .conftest import make_text
 
@@ -105,7 +105,7 @@ def test_rows_split_evenly_or_refuse():
         Distributed(rank=0, world_size=3).rows(8)
 
 
-def test_compile_flag_wraps_the_training_step_only(tmp_path, corpus_path, monkeypatch):
+def test_compile_flag_compiles_the_loss(tmp_path, corpus_path, monkeypatch):
     compiled = []
 
     def fake_compile(module, *args, **kwargs):  # compiling for real takes minutes on a small CPU
@@ -114,7 +114,9 @@ def test_compile_flag_wraps_the_training_step_only(tmp_path, corpus_path, monkey
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r", log=lambda s: None)
-    assert compiled == [trainer.model]
+    assert compiled == [window_loss_sum] and trainer.loss_sum is window_loss_sum
+    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e", log=lambda s: None).loss_sum is window_loss_sum
+    assert len(compiled) == 1  # not without the flag
     trainer.train(show_progress=False)
     saved = ckpt.load_checkpoint(tmp_path / "r" / ckpt.LATEST)
     assert saved["train_config"]["compile"] is True
@@ -178,3 +180,23 @@ def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, sing
     assert first.step == 7
     torchrun(str(corpus_path), "--resume", str(run), "--device", "cpu", "-q")
     assert_same_run(single_run, run)
+
+
+def test_compiled_training_matches_eager(tmp_path, corpus_path):
+    """A real torch.compile (CPU, C++ compiler needed) trains the same weights as eager, within float tolerance.
+
+    Opt-in (CHARLSTM_TEST_COMPILE=1): a cold compile takes most of a minute on a small CPU."""
+    import shutil
+
+    if os.environ.get("CHARLSTM_TEST_COMPILE") != "1":
+        pytest.skip("set CHARLSTM_TEST_COMPILE=1 to compile for real (slow)")
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler for torch.compile on CPU")
+    corpus = load_corpus([corpus_path])
+    for name, compile in (("eager", False), ("compiled", True)):
+        trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=3, compile=compile), tmp_path / name, log=lambda s: None)
+        trainer.train(show_progress=False)
+    assert trainer.loss_sum is not window_loss_sum
+    eager, compiled = (ckpt.load_checkpoint(tmp_path / n / ckpt.LATEST)["model"] for n in ("eager", "compiled"))
+    for key in eager:
+        torch.testing.assert_close(eager[key], compiled[key], rtol=1e-4, atol=1e-5, msg=key)
