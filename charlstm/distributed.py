@@ -54,8 +54,8 @@ class Distributed:
             return None
         if batch % self.world_size:
             raise CharlstmError(
-                f"--batch-size {batch} does not split evenly over {self.world_size} processes; "
-                f"use a multiple of {self.world_size}"
+                f"--batch-size {batch} does not split evenly over {self.world_size} processes; use a batch size "
+                f"that is a multiple of {self.world_size} (resuming: a number of processes that divides {batch})"
             )
         share = batch // self.world_size
         return slice(self.rank * share, (self.rank + 1) * share)
