@@ -207,9 +207,10 @@ def train(
         return
     _print_train_summary(result)
     if result.stopped_by.startswith("interrupt"):
+        launcher = f"torchrun --nproc-per-node {result.world_size} -m " if result.world_size > 1 else ""
         err.print(
             f"Stopped by {result.stopped_by.split('(')[-1].rstrip(')')} at step {result.step}; saved {result.run_dir / ckpt.LATEST}.\n"
-            f"Resume with: charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
+            f"Resume with: {launcher}charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
         )
 
 

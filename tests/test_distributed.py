@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,15 +159,22 @@ def _rank(rank: int, port: int, corpus_path: Path, run: Path, stop_at: int) -> N
     """One of two ranks, started by torch.multiprocessing (so that the test can stop it at a given step)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    # only rank 1 asks to stop (as when a signal reaches one process): both must stop at that step
     train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run,
-          should_stop=lambda step: step == stop_at, **QUIET)  # fmt: skip
+          should_stop=lambda step: rank == 1 and step == stop_at, **QUIET)  # fmt: skip
 
 
 def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, single_run, monkeypatch):
     run = tmp_path / "run"
     for key, value in child_env().items():
         monkeypatch.setenv(key, value)
-    mp.start_processes(_rank, args=(_free_port(), corpus_path, run, 6), nprocs=2, start_method="spawn")
+    ranks = mp.start_processes(_rank, args=(_free_port(), corpus_path, run, 6), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + TIMEOUT
+    while not ranks.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish (did one stop without the other?)")
     assert ckpt.load_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 6
     resumed = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, resume_from=run, **QUIET)
     assert resumed.step == STEPS and resumed.world_size == 1
