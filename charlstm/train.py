@@ -88,6 +88,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def check_autocast(device: torch.device, amp: torch.dtype | None) -> None:
+    """Refuse, in one line and before any work, a precision this device cannot run a recurrent layer in
+    (oneDNN has bf16 LSTM kernels only on CPUs with bf16 instructions)."""
+    if amp is None or device.type == "cuda":
+        return
+    probe = torch.nn.LSTM(4, 4).to(device)
+    try:
+        with torch.autocast(device.type, dtype=amp):
+            probe(torch.zeros(1, 1, 4, device=device))
+    except RuntimeError:
+        name = str(amp).replace("torch.bfloat16", "bf16")
+        raise CharlstmError(
+            f"--precision {name}: this {device.type} cannot run recurrent layers in {name}; use --precision fp32"
+        ) from None
+
+
 def configure_backends(device: torch.device) -> None:
     """Fast kernels on CUDA: cuDNN picks its fastest algorithms, fp32 matrix multiplies may use TF32."""
     if device.type == "cuda":
@@ -220,6 +236,7 @@ class Trainer:
         self.dist, self.device = distributed.setup(pick_device(train_config.device))
         configure_backends(self.device)
         self.amp = autocast_dtype(train_config.precision, self.device)
+        check_autocast(self.device, self.amp)
         self.train_streams = Streams(train_ids, batch, seq_len, self.device, rows=self.dist.rows(batch))
         self.val_streams = self._make_val_streams(val_ids, batch, seq_len)
 

@@ -1,6 +1,7 @@
 """Several processes (torchrun, gloo on CPU) train exactly what one process trains on the same streams, and a
 run resumes with another number of processes. Each launch takes some seconds: the models are tiny."""
 
+import math
 import os
 import socket
 import subprocess
@@ -208,3 +209,18 @@ def test_compiled_training_matches_eager(tmp_path, corpus_path):
     eager, compiled = (ckpt.load_checkpoint(tmp_path / n / ckpt.LATEST)["model"] for n in ("eager", "compiled"))
     for key in eager:
         torch.testing.assert_close(eager[key], compiled[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_bf16_trains_and_resumes_or_is_refused_in_one_line(tmp_path, corpus_path):
+    """bf16 autocast (the GPU default) on this CPU: either it trains and resumes (the carried state is bf16),
+    or the CPU has no bf16 LSTM kernels and the run is refused with one clear line, not a oneDNN traceback."""
+    corpus = load_corpus([corpus_path])
+    config = tiny_train(max_steps=4, eval_every=2, precision="bf16")
+    try:
+        first = train(corpus, tiny_model(), config, tmp_path / "r", should_stop=lambda step: step == 2, **QUIET)
+    except CharlstmError as exc:
+        assert str(exc) == "--precision bf16: this cpu cannot run recurrent layers in bf16; use --precision fp32"
+        return
+    assert first.precision == "bf16"
+    resumed = train(corpus, tiny_model(), config, tmp_path / "r", resume_from=tmp_path / "r", **QUIET)
+    assert resumed.step == 4 and math.isfinite(resumed.best_val_loss)
