@@ -138,10 +138,23 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (auto picks a GPU when there is one)." + _default(_T.device), show_default=False)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, fp32 elsewhere)." + _default(_T.precision), show_default=False)] = None,
     encoding: Annotated[Optional[str], typer.Option(help="Text encoding of the corpus, e.g. latin-1." + _default(_T.encoding), show_default=False)] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model: faster steps on a GPU after a slow start; on CPU it needs a C++ compiler."
+            + _default("off"),
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out)."""
+    """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out).
+
+    Several GPUs (or CPU processes): torchrun --nproc-per-node N -m charlstm train CORPUS ...
+    """
     from .data import default_corpus, load_corpus
+    from .distributed import is_main_process
     from .train import train as run_training
 
     given = {k: v for k, v in locals().items() if v is not None}
@@ -172,7 +185,8 @@ def train(
             data = _corpus_of_run(resume_path, train_config.encoding)
         else:
             data = default_corpus()
-            err.print(f"No corpus given: training on the built-in corpus ({data.sources[0]}).")
+            if is_main_process():
+                err.print(f"No corpus given: training on the built-in corpus ({data.sources[0]}).")
         run_dir = out_dir or ckpt.DEFAULT_ROOT / data.name
         if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
             train_config.max_time = DEFAULT_MAX_TIME
@@ -189,11 +203,14 @@ def train(
     except CharlstmError as exc:
         _fail(str(exc))
         return
+    if not is_main_process():  # under torchrun, rank 0 reports for all
+        return
     _print_train_summary(result)
     if result.stopped_by.startswith("interrupt"):
+        launcher = f"torchrun --nproc-per-node {result.world_size} -m " if result.world_size > 1 else ""
         err.print(
             f"Stopped by {result.stopped_by.split('(')[-1].rstrip(')')} at step {result.step}; saved {result.run_dir / ckpt.LATEST}.\n"
-            f"Resume with: charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
+            f"Resume with: {launcher}charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
         )
 
 
@@ -242,7 +259,8 @@ def _print_train_summary(result) -> None:
         ("speed", f"{result.chars_per_second:,.0f} chars/s"),
         ("best val loss", f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" if math.isfinite(best) else "not evaluated yet"),
         ("parameters", f"{result.params:,} (vocabulary {result.vocab_size})"),
-        ("device", f"{result.device} ({result.precision})"),
+        ("device", f"{result.device} ({result.precision})"
+                   + (f" x {result.world_size} processes" if result.world_size > 1 else "")),
     ]
     if result.resumed_from:
         rows.insert(1, ("resumed from", result.resumed_from))

@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # torch.compile the model (slow to start; GPU mainly)
     encoding: str = "utf-8"
 
     def validate(self) -> None:

@@ -179,20 +179,35 @@ class Streams:
     Every character is an input exactly once per epoch and a target exactly once (the first is never a
     target). The last stream is padded at its end; padded targets are IGNORE_INDEX, so they carry no loss.
     The last window of an epoch may be shorter than `seq_len`.
+
+    With `rows` (a slice of range(batch)), only those stream rows are kept (on `device`) and served by
+    `batch_at`; the geometry and the counts (`len`, `targets_in`, `num_targets`) stay those of all `batch`
+    rows. Distributed training gives each rank its own rows this way.
     """
 
-    def __init__(self, ids: torch.Tensor | np.ndarray, batch: int, seq_len: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        ids: torch.Tensor | np.ndarray,
+        batch: int,
+        seq_len: int,
+        device: torch.device | str = "cpu",
+        rows: slice | None = None,
+    ):
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)) if isinstance(ids, np.ndarray) else ids.long()
         if len(ids) < 2:
             raise CharlstmError("need at least 2 characters to make training pairs")
         self.batch = batch
         self.seq_len = seq_len
         self.stream_len = math.ceil((len(ids) - 1) / batch)  # L: inputs per stream
+        first, last, step = (rows or slice(None)).indices(batch)
+        if step != 1 or last <= first:
+            raise ValueError(f"rows must be a non-empty contiguous slice of range({batch}), got {rows}")
+        self.rows = slice(first, last)
         padded = torch.full((batch * self.stream_len + 1,), IGNORE_INDEX, dtype=torch.long)
         padded[: len(ids)] = ids
-        padded = padded.to(device)
-        self.targets = padded[1:].view(batch, self.stream_len)  # (B, L)
-        self.inputs = padded[:-1].clamp(min=0).view(batch, self.stream_len)  # (B, L)
+        kept = padded[first * self.stream_len : last * self.stream_len + 1].to(device)  # only this share moves
+        self.targets = kept[1:].view(last - first, self.stream_len)  # (R, L), R = rows kept
+        self.inputs = kept[:-1].clamp(min=0).view(last - first, self.stream_len)  # (R, L)
         self.steps_per_epoch = math.ceil(self.stream_len / seq_len)
         self.num_targets = len(ids) - 1
         self._pad_start = self.num_targets - (batch - 1) * self.stream_len  # padding starts here in the last stream
@@ -201,13 +216,13 @@ class Streams:
         return self.steps_per_epoch
 
     def batch_at(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of window k of the epoch, each (B, T) with T <= seq_len."""
+        """Inputs and targets of window k of the epoch, each (R, T) with T <= seq_len (R = rows kept, B by default)."""
         start = k * self.seq_len
         end = min(start + self.seq_len, self.stream_len)
         return self.inputs[:, start:end], self.targets[:, start:end]
 
     def targets_in(self, k: int) -> int:
-        """How many real (unpadded) targets window k holds."""
+        """How many real (unpadded) targets window k holds, over all `batch` rows."""
         start = k * self.seq_len
         end = min(start + self.seq_len, self.stream_len)
         return self.batch * (end - start) - max(0, end - max(start, self._pad_start))

@@ -1,0 +1,143 @@
+"""Multi-process training under `torchrun`: process-group set-up, each rank's share of the streams, and the
+few collectives the trainer needs (agreeing on when to stop, summing losses, gathering the hidden state).
+
+One process per device. Rank r trains rows [r*B/W, (r+1)*B/W) of the B streams; DistributedDataParallel
+averages the gradients, and each rank scales its summed loss by W / (real targets of the whole window), so
+the averaged gradient is exactly the single-process gradient of the mean loss over all B rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+from .errors import CharlstmError
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE as set by torchrun (1 when not launched by it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (for the CLI: only rank 0 prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands among the ranks; the default is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    control: Any = None  # a gloo group for host-side agreement (None: the default group, already gloo)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, batch: int) -> slice | None:
+        """This rank's share of the `batch` stream rows (None: all of them)."""
+        if not self.enabled:
+            return None
+        if batch % self.world_size:
+            raise CharlstmError(
+                f"--batch-size {batch} does not split evenly over {self.world_size} processes; use a batch size "
+                f"that is a multiple of {self.world_size} (resuming: a number of processes that divides {batch})"
+            )
+        share = batch // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    # -------------------------------------------------------------------------------- collectives
+
+    def agree(self, seconds: float, *flags: bool) -> tuple[float, ...]:
+        """Rank 0's clock, and each flag raised on any rank: one small host-side all-reduce.
+
+        Every rank must take the same decisions (stop, evaluate, learning rate from the time budget), so the
+        time-dependent ones use rank 0's clock and a signal seen by any rank stops them all at the same step.
+        """
+        if not self.enabled:
+            return (seconds, *flags)
+        values = torch.tensor([seconds if self.is_main else 0.0, *(float(f) for f in flags)], dtype=torch.float64)
+        torch_dist.all_reduce(values, group=self.control)
+        agreed = values.tolist()
+        return (agreed[0], *(v > 0 for v in agreed[1:]))
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place sum over the ranks (on the training device)."""
+        if self.enabled:
+            torch_dist.all_reduce(tensor)
+        return tensor
+
+    def gather_rows(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each (layers, B/W, H) tensor of every rank -> the (layers, B, H) tensor of all rows, in rank order."""
+        if not self.enabled:
+            return tensors
+        gathered = []
+        for tensor in tensors:
+            tensor = tensor.contiguous()
+            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            torch_dist.all_gather(parts, tensor)
+            gathered.append(torch.cat(parts, dim=1))
+        return gathered
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """One picklable object from every rank (host side; for RNG states)."""
+        if not self.enabled:
+            return [obj]
+        objects: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(objects, obj, group=self.control)
+        return objects
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier(group=self.control)
+
+
+SINGLE = Distributed()
+
+
+def setup(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun with more than one process.
+
+    Returns this rank's context and its device (on CUDA: the GPU of LOCAL_RANK). Single process: (SINGLE, device).
+    """
+    world = launched_world_size()
+    if world <= 1:
+        return SINGLE, device
+    if device.type not in ("cuda", "cpu"):
+        raise CharlstmError(f"multi-process training runs on CUDA GPUs or on CPU, not on {device.type}")
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise CharlstmError(
+                f"rank {rank} wants GPU {local_rank} but this node has {torch.cuda.device_count()}; "
+                f"start at most one process per GPU (--nproc-per-node)"
+            )
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend=backend)
+    control = torch_dist.new_group(backend="gloo") if backend != "gloo" else None
+    return Distributed(rank=rank, world_size=world, local_rank=local_rank, control=control), device
+
+
+def teardown(dist: Distributed) -> None:
+    """Wait for every rank (rank 0 may still be writing its last checkpoint), then leave the group."""
+    if dist.enabled and torch_dist.is_initialized():
+        dist.barrier()
+        torch_dist.destroy_process_group()
