@@ -37,8 +37,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # parallel streams
-    seq_len: int = 128  # characters per stream per step (truncated BPTT length)
-    lr: float = 6e-3  # peak learning rate
+    # short windows at batch 64 give many updates per second on a CPU: on Tiny Shakespeare in 100 s, seq 32
+    # reached 1.51 nats/char where seq 64 and 128 reached 1.58 and 1.65 (same characters seen)
+    seq_len: int = 32  # characters per stream per step (truncated BPTT length)
+    lr: float = 5e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip (0 = off)
     warmup_frac: float = 0.02  # share of the budget spent warming up the learning rate

@@ -439,7 +439,7 @@ class Trainer:
             "best_val_loss": _finite_or_none(p.best_val_loss),
             "best_val_bits_per_char": _finite_or_none(p.best_val_loss / math.log(2)),
             "last_val_loss": _finite_or_none(p.last_val_loss),
-            "train_seconds": round(p.train_seconds, 3),
+            "train_seconds": round(p.train_seconds, 6),
             "chars_per_second": round(p.chars_seen / p.train_seconds, 1) if p.train_seconds > 0 else 0.0,
             "checkpoint_format_version": ckpt.VERSION,
         }
