@@ -15,7 +15,7 @@ import sysconfig
 import time
 from array import array
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -154,7 +154,7 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
     except LookupError:
         raise CharlstmError(f"unknown --encoding {encoding!r}") from None
     utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-    offset, lines, held_cr = 0, 1, False
+    offset, lines, held_cr, at_start = 0, 1, False, True
     try:
         handle = open(path, "rb")
     except OSError:
@@ -175,8 +175,8 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
                     f"{path} is not valid {encoding}: byte at offset {at} (line {line}); "
                     f"try --encoding latin-1 (or the file's real encoding)"
                 ) from None
-            if offset == 0 and text.startswith("\ufeff"):
-                text = text[1:]
+            if at_start and text:
+                text, at_start = text.removeprefix("\ufeff"), False
             if held_cr:
                 text = "\r" + text
             held_cr = bool(raw) and text.endswith("\r")  # its "\n" may open the next chunk
@@ -351,6 +351,9 @@ def _check_text_field(tables: list[Path], text_field: str | None, encoding: str)
         shown = ", ".join(repr(c) for c in columns) or "none"
         if text_field is None:
             raise CharlstmError(f"{table} has several columns; pick the text with --field (one of: {shown})")
+        folded = [c for c in columns if c.casefold() == text_field.casefold()]
+        if text_field not in columns and len(folded) == 1:
+            text_field = folded[0]  # --field text finds a column named Text
         if text_field not in columns:
             raise CharlstmError(f"{table} has no column {text_field!r}; available: {shown}")
     return text_field
@@ -390,8 +393,9 @@ def scan_directory(root: Path, globs: list[str], encoding: str) -> tuple[list[Pa
 
 
 def _glob_matches(relative: str, name: str, pattern: str) -> bool:
+    """'*.py' matches by name, 'sub/*.py' any path ending so, 'src/**' by the whole relative path."""
     pattern = pattern.removeprefix("**/")
-    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relative, pattern)
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relative, pattern) or PurePosixPath(relative).match(pattern)
 
 
 def _text_kind(path: Path, encoding: str) -> str:
