@@ -154,7 +154,7 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
     except LookupError:
         raise CharlstmError(f"unknown --encoding {encoding!r}") from None
     utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-    offset, lines, held_cr, at_start = 0, 1, False, True
+    offset, held_cr, at_start = 0, False, True
     try:
         handle = open(path, "rb")
     except OSError:
@@ -170,7 +170,7 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as exc:
                 at = offset - pending + exc.start
-                line = lines + raw[: max(0, exc.start - pending)].count(b"\n")
+                line = _line_at(path, at)
                 raise CharlstmError(
                     f"{path} is not valid {encoding}: byte at offset {at} (line {line}); "
                     f"try --encoding latin-1 (or the file's real encoding)"
@@ -183,11 +183,23 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
             if held_cr:
                 text = text[:-1]
             offset += len(raw)
-            lines += raw.count(b"\n")
             if text:
-                yield text.replace("\r\n", "\n")
+                yield text.replace("\r\n", "\n") if "\r" in text else text
             if not raw:
                 return
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The line number of byte `offset` of a file, read again in chunks (only to report an error)."""
+    lines, done = 1, 0
+    with open(path, "rb") as handle:
+        while done < offset:
+            raw = handle.read(min(READ_CHUNK, offset - done))
+            if not raw:
+                break
+            lines += raw.count(b"\n")
+            done += len(raw)
+    return lines
 
 
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t\f\v]*\n)+")  # a newline, then one or more blank lines
@@ -561,7 +573,7 @@ def _batches(pieces: Iterable[tuple[str, bool]], size: int) -> Iterator[tuple[st
             ends.append(length)
             record_length = 0
         if length >= size:
-            yield "".join(parts), ends
+            yield parts[0] if len(parts) == 1 else "".join(parts), ends
             parts, ends, length = [], [], 0
     if parts or ends:
         yield "".join(parts), ends
@@ -586,7 +598,8 @@ def scan_corpus(corpus: Corpus, chunk: int | None = None) -> CorpusScan:
     chars = last_end = 0
     for text, ends in _batches(corpus.pieces(), chunk or READ_CHUNK):
         codepoints = _codepoints(text)
-        used = np.bincount(codepoints, minlength=256 if codepoints.dtype == np.uint8 else 0)
+        small = codepoints if codepoints.dtype == np.uint8 else codepoints.view(np.int32)  # bincount is slow on uint32
+        used = np.bincount(small)
         counts[: len(used)] += used
         for end in ends:
             lengths.append(chars + end - last_end)
@@ -617,6 +630,7 @@ class TokenData:
     record_lengths: np.ndarray | None  # None: not a record corpus
     cache: Path | None = None
     notes: list[str] = field(default_factory=list)
+    encode_seconds: float | None = None  # the two passes, when this call encoded the corpus
 
     def summary(self) -> dict[str, Any]:
         """Plain figures for run.json, checkpoints and `charlstm info`."""
@@ -674,7 +688,7 @@ def prepare_tokens(
             if corpus.is_records:
                 np.save(Path(cache_dir) / f"{CACHE_STEM}.record-lengths.npy", scan.record_lengths)
             write_json(Path(cache_dir) / f"{CACHE_STEM}.json", meta)
-            seconds = time.perf_counter() - started
+            seconds = encode_seconds = time.perf_counter() - started
             megabytes = corpus.num_bytes() / 1e6
             notes.append(f"encoded the corpus ({megabytes:,.1f} MB, {megabytes / seconds:,.0f} MB/s) into {path}")
         else:
@@ -687,8 +701,11 @@ def prepare_tokens(
                 filled += len(part)
 
             encode_corpus(corpus, vocab, fill, chunk)
-            return _token_data(vocab, ids, scan.chars, scan.record_lengths if corpus.is_records else None, val_frac)
+            data = _token_data(vocab, ids, scan.chars, scan.record_lengths if corpus.is_records else None, val_frac)
+            data.encode_seconds = time.perf_counter() - started
+            return data
     else:
+        encode_seconds = None
         notes.append(f"reusing the encoded corpus {Path(cache_dir) / meta['file']} (sources unchanged)")
     vocab = Vocab(meta["vocab"])
     path = Path(cache_dir) / meta["file"]
@@ -698,7 +715,7 @@ def prepare_tokens(
         ids = np.memmap(path, dtype=meta["dtype"], mode="r")
     lengths = np.load(Path(cache_dir) / f"{CACHE_STEM}.record-lengths.npy") if meta["records"] else None
     data = _token_data(vocab, ids, meta["chars"], lengths, val_frac)
-    data.cache, data.notes = path, notes
+    data.cache, data.notes, data.encode_seconds = path, notes, encode_seconds
     return data
 
 
@@ -782,12 +799,15 @@ class Streams:
         starts = np.array(self.rows, dtype=np.int64) * self.stream_len
         self._targets_per_row = np.clip(self.length - 1 - starts, 0, self.stream_len)  # (rows,)
         self.num_targets = int(self._targets_per_row.sum())
-        self._on_host = isinstance(ids, np.memmap)
+        # on the CPU, or for a memory-mapped corpus, windows are gathered with numpy (no thread start-up per op)
+        self._on_host = self.device.type == "cpu" or isinstance(ids, np.memmap)
         if self._on_host:
-            self._tokens = ids
+            self._tokens = ids if isinstance(ids, np.memmap) else _compact_array(ids)
             self._starts = starts[:, None]  # (rows, 1)
         else:
-            self._tokens = _compact_tensor(ids, self.device)
+            compact = _compact_array(ids)
+            compact = compact.astype(np.int32) if compact.dtype == np.uint16 else compact  # GPU indexing: no uint16
+            self._tokens = torch.from_numpy(compact).to(self.device)
             self._starts = torch.as_tensor(starts, device=self.device)[:, None]  # (rows, 1)
 
     def __len__(self) -> int:
@@ -802,11 +822,14 @@ class Streams:
         start, end = self._window(k)
         if self._on_host:
             positions = self._starts + np.arange(start, end + 1)  # (rows, T + 1)
-            tokens = torch.from_numpy(np.asarray(self._tokens[np.minimum(positions, self.length - 1)], dtype=np.int64))
-            tokens, positions = tokens.to(self.device, non_blocking=True), torch.from_numpy(positions).to(self.device)
-        else:
-            positions = self._starts + torch.arange(start, end + 1, device=self.device)  # (rows, T + 1)
-            tokens = self._tokens[positions.clamp(max=self.length - 1)].long()  # (rows, T + 1)
+            tokens = self._tokens[np.minimum(positions, self.length - 1)].astype(np.int64)  # (rows, T + 1)
+            beyond = positions >= self.length  # padding past the end of the sequence
+            inputs, targets = tokens[:, :-1].copy(), tokens[:, 1:].copy()  # (rows, T) each
+            inputs[beyond[:, :-1]] = 0
+            targets[beyond[:, 1:]] = IGNORE_INDEX
+            return torch.from_numpy(inputs).to(self.device), torch.from_numpy(targets).to(self.device)
+        positions = self._starts + torch.arange(start, end + 1, device=self.device)  # (rows, T + 1)
+        tokens = self._tokens[positions.clamp(max=self.length - 1)].long()  # (rows, T + 1)
         beyond = positions >= self.length  # padding past the end of the sequence
         inputs = tokens[:, :-1].masked_fill(beyond[:, :-1], 0)  # (rows, T)
         targets = tokens[:, 1:].masked_fill(beyond[:, 1:], IGNORE_INDEX)  # (rows, T)
@@ -822,16 +845,13 @@ class Streams:
             yield self.batch_at(k)
 
 
-def _compact_tensor(ids: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
-    """The ids as a tensor on `device` in a small integer type (uint8 when they fit)."""
-    if isinstance(ids, torch.Tensor):
-        return ids.to(device)
-    ids = np.asarray(ids)
-    if ids.dtype != np.uint8:
-        top = int(ids.max()) if len(ids) else 0
-        small = np.uint8 if top < 1 << 8 else np.uint16 if top < 1 << 16 and device.type == "cpu" else np.int32
-        ids = ids.astype(small, copy=False)
-    return torch.from_numpy(ids).to(device)
+def _compact_array(ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The ids as a numpy array in a small integer type (uint8 when they fit): an eighth of int64."""
+    ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if ids.dtype in (np.uint8, np.uint16, np.int32):
+        return ids
+    top = int(ids.max()) if len(ids) else 0
+    return ids.astype(np.uint8 if top < 1 << 8 else np.int32)
 
 
 def fit_batch_shape(num_chars: int, batch: int, seq_len: int) -> tuple[int, int, str | None]:

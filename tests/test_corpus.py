@@ -219,6 +219,7 @@ def test_streams_rows_partition_the_batch_and_memmap_matches(tmp_path):
     assert len(full) == len(halves[0]) == len(mapped)
     for k in range(len(full)):
         x, y = full.batch_at(k)
+        assert int(x.min()) >= 0, "padded inputs read as id 0, never as the padding target"
         assert torch.equal(torch.cat([h.batch_at(k)[0] for h in halves]), x)
         assert torch.equal(torch.cat([h.batch_at(k)[1] for h in halves]), y)
         assert sum(h.targets_in(k) for h in halves) == full.targets_in(k)
