@@ -213,6 +213,9 @@ def train(
     except CharlstmError as exc:
         _fail(str(exc))
         return
+    except KeyboardInterrupt:  # before the training loop (which saves and stops cleanly on Ctrl-C)
+        _fail("interrupted while preparing the corpus or the model; nothing was saved")
+        return
     _print_train_summary(result)
     if result.stopped_by.startswith("interrupt"):
         err.print(
