@@ -6,7 +6,7 @@ distribution next to the corpus's; the share of sampled tweets found verbatim in
 lower is better), next to the share of validation tweets found verbatim in the training tweets (duplicates
 in the corpus itself).
 
-    .venv/bin/python benchmarks/tweets.py [--time 180] [--samples 200]
+    .venv/bin/python benchmarks/tweets.py [--time 240] [--samples 200]
 """
 
 from __future__ import annotations
@@ -36,14 +36,18 @@ def distribution(lengths: list[int]) -> str:
     return f"min {p[0]:.0f} · p10 {p[1]:.0f} · median {p[2]:.0f} · p90 {p[3]:.0f} · max {p[4]:.0f}"
 
 
+SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time", type=float, default=180.0, help="training seconds")
+    parser.add_argument("--time", type=float, default=240.0, help="training seconds")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--temp", type=float, default=0.8)
     parser.add_argument("--max-length", type=int, default=400, help="cap per sampled tweet (above 280 on purpose)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "tweets")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `charlstm train` flags")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=SMALL_MODEL,
+                        help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)}: learns more in a few CPU minutes)")
     args = parser.parse_args()
     if not TWEETS.exists():
         sys.exit(f"{TWEETS} not found (the shared reference data)")
