@@ -52,6 +52,7 @@ class Corpus:
     files: list[Path] = field(default_factory=list)  # read in this order
     record_mode: str = "none"  # file | paragraph | none: what a record is in the plain text files
     text_field: str | None = None  # the CSV column / JSONL key of table files
+    tables: list[Path] = field(default_factory=list)  # the files given as CSV/TSV/JSONL (one record per row)
     encoding: str = "utf-8"
     config: CorpusConfig | None = None  # how to load it again (recorded in checkpoints; None: built in)
     notes: list[str] = field(default_factory=list)  # what loading skipped, for the user
@@ -70,7 +71,11 @@ class Corpus:
                 yield self.text[start : start + READ_CHUNK], False
         else:
             for path in self.files:
-                yield from _file_pieces(path, self.record_mode, self.text_field, self.encoding)
+                if path in self.tables:
+                    for text in table_texts(path, self.text_field or "", self.encoding):
+                        yield text, True
+                else:
+                    yield from _file_pieces(path, self.record_mode, self.encoding)
 
     def num_bytes(self) -> int:
         """Size on disk of the corpus files (of the text, when in memory)."""
@@ -252,11 +257,11 @@ def table_texts(path: Path, text_field: str, encoding: str) -> Iterator[str]:
 def _table_rows(path: Path, encoding: str) -> Iterator[tuple[str, Any, int]]:
     """("csv", list of cells, line) per CSV/TSV row including the header, or ("jsonl", dict, line) per object."""
     utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-    with open(path, "rb") as raw:
-        if utf8 and looks_binary(raw.read(8192)):
-            raise CharlstmError(f"{path} looks binary (NUL or control bytes), not text; give a text file")
     line = 0
     try:
+        with open(path, "rb") as raw:
+            if utf8 and looks_binary(raw.read(8192)):
+                raise CharlstmError(f"{path} looks binary (NUL or control bytes), not text; give a text file")
         with open(path, encoding="utf-8-sig" if utf8 else encoding, newline="") as handle:
             if path.suffix.lower() in TABLE_DELIMITERS:
                 csv.field_size_limit(2**31 - 1)
@@ -284,13 +289,13 @@ def _table_rows(path: Path, encoding: str) -> Iterator[tuple[str, Any, int]]:
         raise CharlstmError(f"{path} line {line}: malformed CSV ({exc})") from None
     except LookupError:
         raise CharlstmError(f"unknown --encoding {encoding!r}") from None
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _file_pieces(path: Path, record_mode: str, text_field: str | None, encoding: str) -> Iterator[tuple[str, bool]]:
-    if is_table(path):
-        for text in table_texts(path, text_field or "", encoding):
-            yield text, True
-    elif record_mode == "paragraph":
+def _file_pieces(path: Path, record_mode: str, encoding: str) -> Iterator[tuple[str, bool]]:
+    """A plain text file as one stream, one record, or one record per paragraph."""
+    if record_mode == "paragraph":
         for paragraph in split_paragraphs(read_text_chunks(path, encoding)):
             yield paragraph, True
     else:
@@ -328,7 +333,7 @@ def load_corpus(config: CorpusConfig | list[Path], encoding: str = "utf-8") -> C
             if not is_table(path):
                 next(read_text_chunks(path, config.encoding), None)  # missing, unreadable, binary: fail now
             files.append(path)
-    tables = [f for f in files if is_table(f)]
+    tables = [Path(p) for p in config.paths if is_table(Path(p)) and not Path(p).is_dir()]  # a directory's are text
     text_field = _check_text_field(tables, config.text_field, config.encoding)
     if config.globs and not has_dir:
         raise CharlstmError("--glob selects files inside a directory; give a directory to train on")
@@ -343,6 +348,7 @@ def load_corpus(config: CorpusConfig | list[Path], encoding: str = "utf-8") -> C
         files=files,
         record_mode=record_mode,
         text_field=text_field,
+        tables=tables,
         encoding=config.encoding,
         config=config,
         notes=notes,

@@ -60,6 +60,7 @@ def tree(tmp_path):
         "pkg/__init__.py": "from .sub import x  # ünïcode\n",
         "pkg/sub/x.py": "class X:\n\t\tdef f(self):\n\t\t\tpass   \n",
         "README.md": "# src\r\n\r\nwindows line ends\r\n",
+        "pkg/data.csv": "a,b\n1,2\n",  # in a directory, a CSV file is text like any other
     }
     for name, text in files.items():
         (root / name).write_bytes(text.encode())
@@ -85,14 +86,14 @@ def test_directory_every_text_file_one_record_each_in_sorted_order(tree):
     corpus = load(tree)
     assert corpus.is_records and corpus.name == "src"
     names = [p.relative_to(tree).as_posix() for p in corpus.files]
-    assert names == ["README.md", "main.py", "pkg/__init__.py", "pkg/sub/x.py"]
+    assert names == ["README.md", "main.py", "pkg/__init__.py", "pkg/data.csv", "pkg/sub/x.py"]
     note = corpus.notes[0]
-    assert "4 file(s)" in note and "1 binary" in note and "1 empty" in note and "2 hidden folder(s)" in note
+    assert "5 file(s)" in note and "1 binary" in note and "1 empty" in note and "2 hidden folder(s)" in note
     assert ".git" in note
     data = prepare_tokens(corpus, 0.2)
     expected = [read_text_file(tree / n) for n in names]
     assert records_of(data) == expected  # tabs, indentation, trailing spaces byte for byte; CRLF -> LF
-    assert data.vocab.chars[0] == "" and data.summary()["records"] == 4
+    assert data.vocab.chars[0] == "" and data.summary()["records"] == 5
     assert data.summary()["record_lengths"]["max"] == max(len(t) for t in expected)
 
 
