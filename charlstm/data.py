@@ -578,7 +578,7 @@ def _batches(pieces: Iterable[tuple[str, bool]], size: int) -> Iterator[tuple[st
         if record_ends and record_length:
             ends.append(length)
             record_length = 0
-        if length >= size:
+        if length >= size // 2:  # a file chunk of `size` bytes holds fewer characters: take it alone
             yield parts[0] if len(parts) == 1 else "".join(parts), ends
             parts, ends, length = [], [], 0
     if parts or ends:
@@ -589,7 +589,7 @@ def _batches(pieces: Iterable[tuple[str, bool]], size: int) -> Iterator[tuple[st
 class CorpusScan:
     """The first pass over a corpus: which characters occur, how many, and how long the records are."""
 
-    counts: np.ndarray  # occurrences per code point, (0x110000,)
+    present: np.ndarray  # (0x110000,) bool: which code points occur
     chars: int  # characters in all (end-of-record markers not counted)
     record_lengths: np.ndarray  # characters per record, in order (empty when not a record corpus)
 
@@ -599,19 +599,27 @@ class CorpusScan:
 
 
 def scan_corpus(corpus: Corpus, chunk: int | None = None) -> CorpusScan:
-    counts = np.zeros(0x110000, dtype=np.int64)
+    present = np.zeros(0x110000, dtype=bool)
     lengths = array("q")
     chars = last_end = 0
     for text, ends in _batches(corpus.pieces(), chunk or READ_CHUNK):
-        codepoints = _codepoints(text)
-        small = codepoints if codepoints.dtype == np.uint8 else codepoints.view(np.int32)  # bincount is slow on uint32
-        used = np.bincount(small)
-        counts[: len(used)] += used
+        present[_distinct_codepoints(text)] = True
         for end in ends:
             lengths.append(chars + end - last_end)
             last_end = chars + end
         chars += len(text)
-    return CorpusScan(counts=counts, chars=chars, record_lengths=np.frombuffer(lengths, dtype=np.int64))
+    return CorpusScan(present=present, chars=chars, record_lengths=np.frombuffer(lengths, dtype=np.int64))
+
+
+def _distinct_codepoints(text: str) -> np.ndarray:
+    """The code points that occur in `text`: ASCII counted over its UTF-8 bytes, the rest (usually few) by set."""
+    raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    found = np.flatnonzero(np.bincount(raw, minlength=256)[:128])
+    high = raw[raw >= 0x80]  # the bytes of the non-ASCII characters, whole, in order
+    if len(high):
+        others = [ord(c) for c in set(high.tobytes().decode("utf-8", "surrogatepass"))]
+        found = np.concatenate([found, np.array(others, dtype=found.dtype)])
+    return found
 
 
 def encode_corpus(corpus: Corpus, vocab: Vocab, write: Callable[[np.ndarray], object], chunk: int | None = None) -> None:
@@ -732,7 +740,7 @@ def _token_data(vocab: Vocab, ids: np.ndarray, chars: int, lengths: np.ndarray |
 
 
 def _vocab_for(scan: CorpusScan, records: bool, vocab: Vocab | None) -> Vocab:
-    chars = [chr(c) for c in np.flatnonzero(scan.counts)]
+    chars = [chr(c) for c in np.flatnonzero(scan.present)]
     if vocab is None:
         return Vocab(([Vocab.END_OF_RECORD] if records else []) + chars)
     unknown = vocab.unknown("".join(chars))
