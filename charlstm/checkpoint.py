@@ -56,6 +56,9 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+atomic_write = _atomic_write  # for other modules' files (the encoded corpus cache)
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     _atomic_write(Path(path), lambda handle: torch.save(payload, handle))

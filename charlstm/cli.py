@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from . import __version__
 from . import checkpoint as ckpt
-from .config import DEFAULT_MAX_TIME, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from .config import DEFAULT_MAX_TIME, CorpusConfig, ModelConfig, SampleConfig, TrainConfig, from_dict, parse_duration, parse_temperatures
 from .errors import CharlstmError
 
 app = typer.Typer(
@@ -89,10 +90,26 @@ def train(
     corpus: Annotated[
         Optional[list[Path]],
         typer.Argument(
-            help="UTF-8 text file(s) to train on. Omit for the built-in corpus (this Python's standard library "
+            help="Text file(s), directories (every text file inside, recursively; see --glob) or CSV/TSV/JSON Lines "
+            "files (see --field) to train on. Omit for the built-in corpus (this Python's standard library "
             "sources), or with --resume to reuse the run's own corpus.",
             show_default=False,
         ),
+    ] = None,
+    glob: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Take only the files of a directory that match this pattern, e.g. '*.py'; repeatable. "
+                     "(default: every text file; binary files and hidden folders such as .git/ are skipped)", show_default=False),
+    ] = None,
+    text_field: Annotated[
+        Optional[str],
+        typer.Option("--field", help="The CSV/TSV column or JSON Lines key that holds the text; each row is one record.", show_default=False),
+    ] = None,
+    records: Annotated[
+        Optional[str],
+        typer.Option(help="What one record is in plain text files: file, paragraph (blank-line separated) or none. "
+                     "Each record ends with an end-of-record marker the model learns. (default: auto = file for a "
+                     "directory, rows for CSV/JSONL, none for text files)", show_default=False),
     ] = None,
     out_dir: Annotated[
         Optional[Path],
@@ -180,13 +197,21 @@ def train(
         if resume is not None:
             resume_path = _resume_target(resume, corpus, out_dir)
         if corpus:
-            data = load_corpus(corpus, encoding=train_config.encoding)
+            data = load_corpus(CorpusConfig(
+                paths=[str(p) for p in corpus], globs=glob or [], text_field=text_field,
+                records=records or CorpusConfig.records, encoding=train_config.encoding,
+            ))  # fmt: skip
+        elif glob or text_field or records:
+            raise CharlstmError("--glob, --field and --records describe a corpus; give the corpus path too")
         elif resume_path is not None:
             data = _corpus_of_run(resume_path, train_config.encoding)
         else:
             data = default_corpus()
             if is_main_process():
                 err.print(f"No corpus given: training on the built-in corpus ({data.sources[0]}).")
+        if is_main_process():
+            for note in data.notes:
+                err.print(note, markup=False, soft_wrap=True)
         run_dir = out_dir or ckpt.DEFAULT_ROOT / data.name
         if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
             train_config.max_time = DEFAULT_MAX_TIME
@@ -203,6 +228,9 @@ def train(
     except CharlstmError as exc:
         _fail(str(exc))
         return
+    except KeyboardInterrupt:  # before the training loop (which saves and stops cleanly on Ctrl-C)
+        _fail("interrupted while preparing the corpus or the model; nothing was saved")
+        return
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return
     _print_train_summary(result)
@@ -210,11 +238,13 @@ def train(
         launcher = f"torchrun --nproc-per-node {result.world_size} -m " if result.world_size > 1 else ""
         err.print(
             f"Stopped by {result.stopped_by.split('(')[-1].rstrip(')')} at step {result.step}; saved {result.run_dir / ckpt.LATEST}.\n"
-            f"Resume with: {launcher}charlstm train{' ' + ' '.join(str(c) for c in corpus) if corpus else ''} --resume {result.run_dir}"
+            f"Resume with: {launcher}charlstm train --resume {result.run_dir}"
         )
 
 
 def _resume_target(resume: str, corpus: Optional[list[Path]], out_dir: Optional[Path]) -> Path:
+    from .data import corpus_name
+
     if resume != "auto":
         target = Path(resume)
         if not target.exists():
@@ -223,7 +253,7 @@ def _resume_target(resume: str, corpus: Optional[list[Path]], out_dir: Optional[
     if out_dir is not None:
         target = out_dir
     elif corpus:
-        target = ckpt.DEFAULT_ROOT / (corpus[0].stem if len(corpus) == 1 else f"{corpus[0].stem}+{len(corpus) - 1}")
+        target = ckpt.DEFAULT_ROOT / corpus_name(corpus)
     else:
         target = ckpt.DEFAULT_ROOT / "python-stdlib"
     if not (target / ckpt.LATEST).exists():
@@ -239,6 +269,8 @@ def _corpus_of_run(resume_path: Path, encoding: str):
     info = payload.get("corpus") or {}
     if info.get("name") == "python-stdlib":
         return default_corpus()
+    if info.get("config"):
+        return load_corpus(from_dict(CorpusConfig, info["config"]))
     sources = [Path(s) for s in info.get("sources", [])]
     if not sources:
         raise CharlstmError("the checkpoint does not record its corpus; give the corpus path")
@@ -282,55 +314,80 @@ def sample(
             show_default=False,
         ),
     ] = None,
-    temp: Annotated[float, typer.Option("--temp", "-t", help="Sampling temperature; 0 = always the most likely character.")] = _S.temperature,
-    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.")] = _S.length,
-    prime: Annotated[str, typer.Option(help="Text fed through the model first, then printed.", show_default=False)] = _S.prime,
+    temp: Annotated[
+        str,
+        typer.Option("--temp", "-t", help="Sampling temperature; 0 = always the most likely character. A list such as "
+                     "0.5,0.8,1.0 prints samples for each temperature, labelled."),
+    ] = str(_S.temperature),
+    length: Annotated[
+        int,
+        typer.Option("--length", "--max-length", "-n", help="Characters to generate per sample at most (a model "
+                     "trained on records ends each record itself, usually sooner)."),
+    ] = _S.length,
+    prime: Annotated[str, typer.Option(help="Text fed through the model first, then printed (with records: how each record starts).", show_default=False)] = _S.prime,
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely characters (0 = off).")] = _S.top_k,
     top_p: Annotated[float, typer.Option(help="Sample only from the most likely characters whose probabilities add up to p (1 = off).")] = _S.top_p,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text. (default: random)", show_default=False)] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples to generate together as one batch.")] = _S.num_samples,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples (e.g. records: tweets, files) to generate together as one batch.")] = _S.num_samples,
     stop: Annotated[Optional[list[str]], typer.Option(help="End a sample when this text appears (not printed); repeatable.", show_default=False)] = None,
+    out_format: Annotated[
+        str, typer.Option("--format", help="text (samples separated by labelled lines) or jsonl (one JSON object per sample).")
+    ] = "text",
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the samples to this file instead of the terminal.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
-    from .sample import generate, load_model
+    from .sample import generate, load_model, sample_text
     from .train import pick_device
 
-    config = SampleConfig(
-        length=length, temperature=temp, top_k=top_k, top_p=top_p, prime=prime, seed=seed,
-        num_samples=num_samples, stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in (stop or [])],
-    )  # fmt: skip
     try:
+        temperatures = parse_temperatures(temp)
+        config = SampleConfig(
+            length=length, temperature=temperatures[0], top_k=top_k, top_p=top_p, prime=prime, seed=seed,
+            num_samples=num_samples, stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in (stop or [])],
+        )  # fmt: skip
         config.validate()
+        if out_format not in ("text", "jsonl"):
+            raise CharlstmError(f"--format must be text or jsonl, got {out_format!r}")
         if path is None:
             path = ckpt.find_latest_run()
         loaded = load_model(path, pick_device(device))
-        pieces = generate(loaded, config)
-        if out_file is not None:
-            texts = [""] * num_samples
-            for i, piece in pieces:
-                texts[i] += piece
-            try:
-                out_file.write_text(_join_samples(texts), encoding="utf-8")
-            except OSError as exc:
-                raise CharlstmError(f"cannot write {out_file}: {exc.strerror or exc}") from None
-            err.print(f"Wrote {num_samples} sample(s) to {out_file}")
-        elif num_samples == 1:
-            for _, piece in pieces:
+        if config.seed is None:  # one seed for every temperature, so that they differ by temperature alone
+            config.seed = int.from_bytes(os.urandom(4), "little")
+        if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:
+            for _, piece in generate(loaded, config):  # stream as it is written
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
-        else:
-            texts = [""] * num_samples
-            for i, piece in pieces:
-                texts[i] += piece
-            sys.stdout.write(_join_samples(texts))
-        sys.stdout.flush()
+            return
+        chunks = []
+        for temperature in temperatures:
+            texts = sample_text(loaded, replace(config, temperature=temperature))
+            chunk = _format_samples(texts, temperature, len(temperatures) > 1, out_format)
+            chunks.append(chunk)
+            if out_file is None:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        if out_file is not None:
+            try:
+                out_file.write_text("".join(chunks), encoding="utf-8")
+            except OSError as exc:
+                raise CharlstmError(f"cannot write {out_file}: {exc.strerror or exc}") from None
+            err.print(f"Wrote {num_samples * len(temperatures)} sample(s) to {out_file}")
     except CharlstmError as exc:
         _fail(str(exc))
     except BrokenPipeError:  # `charlstm sample | head`
         sys.stderr.close()
+
+
+def _format_samples(texts: list[str], temperature: float, label_temperature: bool, out_format: str) -> str:
+    if out_format == "jsonl":
+        return "".join(
+            json.dumps({"temperature": temperature, "sample": i + 1, "text": t}, ensure_ascii=False) + "\n"
+            for i, t in enumerate(texts)
+        )
+    heading = f"═══ temperature {temperature:g} ═══\n" if label_temperature else ""
+    return heading + _join_samples(texts)
 
 
 def _join_samples(texts: list[str]) -> str:
@@ -378,6 +435,8 @@ def _info(path: Path) -> dict:
     return {
         "checkpoint": str(file),
         "corpus": payload.get("corpus", {}),
+        "records": (payload.get("corpus") or {}).get("records"),
+        "record_lengths": (payload.get("corpus") or {}).get("record_lengths"),
         "model_config": payload["model_config"],
         "train_config": payload.get("train_config", {}),
         "vocab_size": len(payload["vocab"]),

@@ -13,6 +13,22 @@ CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
+RECORD_MODES = ("auto", "file", "paragraph", "none")
+
+
+@dataclass
+class CorpusConfig:
+    """What to train on, recorded in checkpoints so `--resume` can rebuild the same corpus."""
+
+    paths: list[str] = field(default_factory=list)  # files and directories, in the order given
+    globs: list[str] = field(default_factory=list)  # directory files to take, e.g. *.py (empty: every text file)
+    text_field: str | None = None  # (--field) the CSV column / JSON Lines key holding the text
+    records: str = "auto"  # auto | file | paragraph | none: what one record is in plain text files
+    encoding: str = "utf-8"
+
+    def validate(self) -> None:
+        if self.records not in RECORD_MODES:
+            raise CharlstmError(f"--records must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
 
 
 @dataclass
@@ -123,6 +139,20 @@ def parse_duration(text: str, flag: str = "--max-time") -> float:
     if seconds <= 0:
         raise CharlstmError(f"{flag} must be longer than zero, got {text!r}")
     return seconds
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """'0.8' or a list such as '0.5,0.8,1.0' -> temperatures, each >= 0."""
+    temperatures = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise CharlstmError(f"--temp: cannot read {part.strip()!r} as a number; use e.g. 0.8 or 0.5,0.8,1.0") from None
+        if not (value >= 0 and math.isfinite(value)):
+            raise CharlstmError(f"--temp must be >= 0, got {part.strip()}")
+        temperatures.append(value)
+    return temperatures
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

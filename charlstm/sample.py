@@ -64,10 +64,11 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
     rng = torch.Generator(device="cpu").manual_seed(seed)
     eor = vocab.end_of_record
 
-    # what the model reads first: the prime, else a start-of-record marker or a newline (neither printed)
+    # what the model reads first: the prime (after a start-of-record marker, so that it starts a record),
+    # else the marker or a newline alone (neither printed)
     prime_ids = vocab.encode(config.prime).tolist()
     if prime_ids:
-        start = prime_ids
+        start = ([eor] if eor is not None else []) + prime_ids
         for i in range(n):
             yield i, config.prime
     elif eor is not None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import ModelConfig, TrainConfig, from_dict
-from .data import IGNORE_INDEX, Corpus, Streams, Vocab, fit_batch_shape, split_train_val
+from .data import IGNORE_INDEX, Corpus, Streams, Vocab, fit_batch_shape, prepare_tokens
 from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list
 
@@ -149,7 +149,7 @@ def evaluate(
     Distributed, each rank scores its own rows of `streams` and the sums are added up over the ranks."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=streams.inputs.device)
+    total = torch.zeros((), dtype=torch.float64, device=streams.device)
     state = None
     for x, y in streams:
         with _autocast(x.device, amp):
@@ -212,17 +212,13 @@ class Trainer:
         model_config.validate()
         train_config.validate()
 
-        # data
-        vocab = Vocab(payload["vocab"]) if payload else Vocab.from_text(corpus.text)
-        if payload:
-            unknown = vocab.unknown(corpus.text)
-            if unknown:
-                shown = " ".join(repr(c) for c in unknown[:20]) + (" …" if len(unknown) > 20 else "")
-                raise CharlstmError(
-                    f"cannot resume: the corpus has {len(unknown)} character(s) not in the checkpoint's vocabulary: {shown}"
-                )
-        ids = vocab.encode(corpus.text)
-        train_ids, val_ids = split_train_val(ids, train_config.val_frac)
+        # data: ids in a compact dtype (memory-mapped for a large corpus), split on a record boundary
+        self.data = prepare_tokens(
+            corpus, train_config.val_frac, vocab=Vocab(payload["vocab"]) if payload else None, cache_dir=self.run_dir
+        )
+        for note in self.data.notes:
+            self.log(note)
+        vocab, train_ids, val_ids = self.data.vocab, self.data.train, self.data.val
         if len(val_ids) < 2:
             raise CharlstmError(
                 f"validation split too small ({len(val_ids)} characters); add text or raise --val-frac"
@@ -402,7 +398,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "hidden": self._all_rows_hidden(),
             "rng": rng,
-            "corpus": {"name": self.corpus.name, "sources": self.corpus.sources},
+            "corpus": self.corpus_summary(),
         }
 
     def _all_rows_hidden(self) -> list[torch.Tensor]:
@@ -422,10 +418,23 @@ class Trainer:
             ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
         ckpt.write_json(self.run_dir / ckpt.RUN_JSON, self.run_summary())
 
+    def corpus_summary(self) -> dict[str, Any]:
+        """Where the corpus came from, how to load it again, and its size in characters and records."""
+        config = self.corpus.config
+        return {
+            "name": self.corpus.name,
+            "sources": self.corpus.sources,
+            "config": asdict(config) if config is not None else None,
+            **self.data.summary(),
+        }
+
     def run_summary(self) -> dict[str, Any]:
         p = self.progress
+        corpus = self.corpus_summary()
         return {
-            "corpus": {"name": self.corpus.name, "sources": self.corpus.sources, "chars": len(self.corpus.text)},
+            "corpus": corpus,
+            "records": corpus["records"],
+            "record_lengths": corpus["record_lengths"],
             "model_config": asdict(self.model_config),
             "train_config": asdict(self.config),
             "vocab_size": len(self.vocab),
