@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .data import looks_binary
 from .errors import CharlstmError
 
 FORMAT = "charlstm"
@@ -56,6 +57,28 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent; remove temporary
+    files that a save killed part-way left behind (they are never read)."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except FileExistsError:
+        raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
+    except OSError as exc:
+        raise CharlstmError(
+            f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
+        ) from None
+    for name in (LATEST, BEST, RUN_JSON, METRICS):
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
@@ -86,6 +109,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except OSError as exc:
         raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        if path.suffix != ".pt" and _looks_like_text(path):
+            raise CharlstmError(f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})")
         raise CharlstmError(corrupt)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -109,6 +134,59 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
     return payload
+
+
+def _looks_like_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return bool(head) and b"\x00" not in head and not looks_binary(head)
+
+
+def load_model_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`load_checkpoint`, then check that everything a model is rebuilt from is well formed and consistent:
+    the configs, the vocabulary, and every weight's name, shape and finiteness against the stored config
+    (checked on the meta device, so a config that claims a huge model allocates nothing)."""
+    payload = load_checkpoint(path, map_location)
+    try:
+        _check_model_payload(payload)
+    except CharlstmError as exc:
+        raise CharlstmError(f"{path} is not a usable charlstm checkpoint: {exc}") from None
+    return payload
+
+
+def _check_model_payload(payload: dict[str, Any]) -> None:
+    from .config import ModelConfig, TrainConfig, from_dict
+    from .model import CharRNN
+
+    vocab = payload["vocab"]
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) <= 1 for c in vocab):
+        raise CharlstmError("its vocabulary is not a list of single characters")
+    if len(set(vocab)) != len(vocab):
+        raise CharlstmError("its vocabulary repeats characters")
+    config = from_dict(ModelConfig, payload["model_config"])
+    config.validate()
+    if config.vocab_size != len(vocab):
+        raise CharlstmError(f"its config says vocab_size {config.vocab_size} but it stores {len(vocab)} characters")
+    from_dict(TrainConfig, payload.get("train_config", {})).validate()
+    weights = payload["model"]
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CharlstmError("its weights are not a mapping of tensors")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
+    if set(weights) != set(expected):
+        odd = sorted(set(weights) ^ set(expected))
+        raise CharlstmError(f"its weights do not match its config ({config.cell}, {config.layers} layer(s)): {', '.join(odd[:5])}")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CharlstmError(
+                f"weight {name} has shape {tuple(weights[name].shape)} but its config (hidden {config.hidden}, "
+                f"embed {config.embed}, vocabulary {config.vocab_size}) needs {shape}"
+            )
+        if not weights[name].is_floating_point() or not torch.isfinite(weights[name]).all():
+            raise CharlstmError(f"weight {name} is not finite floating-point numbers")
 
 
 # ------------------------------------------------------------------------------------------ locating

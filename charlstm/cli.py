@@ -142,7 +142,7 @@ def train(
 ) -> None:
     """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out)."""
     from .data import default_corpus, load_corpus
-    from .train import train as run_training
+    from .train import pick_device, train as run_training
 
     given = {k: v for k, v in locals().items() if v is not None}
     try:
@@ -151,10 +151,10 @@ def train(
         if max_time is not None:
             train_values["max_time"] = parse_duration(max_time, "--max-time")
         if save_every is not None:
-            if save_every.strip().isdigit():
+            if save_every.strip().lstrip("+-").isdigit():
                 train_values["save_every"] = int(save_every)
                 if train_values["save_every"] <= 0:
-                    raise CharlstmError("--save-every must be > 0")
+                    raise CharlstmError(f"--save-every must be > 0 steps (or a duration such as 5m), got {save_every}")
             else:
                 train_values["save_every_seconds"] = parse_duration(save_every, "--save-every")
         explicit = set(model_values) | set(train_values)
@@ -162,6 +162,8 @@ def train(
         train_config = TrainConfig(**train_values)
         model_config.validate()
         train_config.validate()
+        if "device" in explicit:
+            pick_device(train_config.device)  # an unavailable device fails now, before any data is read
 
         resume_path: Path | None = None
         if resume is not None:
@@ -218,7 +220,7 @@ def _corpus_of_run(resume_path: Path, encoding: str):
     from .data import default_corpus, load_corpus
 
     file = ckpt.resolve_checkpoint(resume_path, prefer=ckpt.LATEST)
-    payload = ckpt.load_checkpoint(file)
+    payload = ckpt.load_model_checkpoint(file)
     info = payload.get("corpus") or {}
     if info.get("name") == "python-stdlib":
         return default_corpus()
@@ -352,7 +354,7 @@ def _info(path: Path) -> dict:
     if path.is_dir() and (path / ckpt.RUN_JSON).exists():
         return ckpt.read_run_json(path)
     file = ckpt.resolve_checkpoint(path, prefer=ckpt.LATEST)
-    payload = ckpt.load_checkpoint(file)
+    payload = ckpt.load_model_checkpoint(file)
     progress = payload.get("progress", {})
     params = sum(t.numel() for t in payload["model"].values())
     seconds = progress.get("train_seconds", 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import sysconfig
@@ -165,8 +166,12 @@ def _show(chars: list[str], most: int = 20) -> str:
 
 def split_train_val(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
     """The last `val_frac` of the corpus is validation (the same cut as nanoGPT's shakespeare_char)."""
-    cut = int(len(ids) * (1.0 - val_frac))
+    cut = split_point(len(ids), val_frac)
     return ids[:cut], ids[cut:]
+
+
+def split_point(num_chars: int, val_frac: float) -> int:
+    return int(num_chars * (1.0 - val_frac))
 
 
 # --------------------------------------------------------------------------------------------- streams
@@ -217,12 +222,38 @@ class Streams:
             yield self.batch_at(k)
 
 
+MIN_TRAIN_CHARS = 16  # below this there is nothing worth learning
+MIN_VAL_CHARS = 2  # one input and one target
+
+
+def check_trainable(text: str, val_frac: float) -> None:
+    """Refuse a corpus too small to split and train on, or with a single distinct character, saying why."""
+    if len(set(text[:100_000])) < 2 and len(set(text)) < 2:
+        raise CharlstmError(
+            f"the corpus has only one distinct character ({text[:1]!r}); there is nothing to learn, "
+            f"give text with at least 2 different characters"
+        )
+    n = len(text)
+    if not _big_enough(n, val_frac):
+        # val = n - floor(n (1 - f)) < n f + 1, so no n <= 1/f has 2 validation characters
+        needed = next(m for m in itertools.count(max(n + 1, int(1 / val_frac))) if _big_enough(m, val_frac))
+        raise CharlstmError(
+            f"corpus too short: {n} characters; need at least {needed} at --val-frac {val_frac:g} "
+            f"({MIN_TRAIN_CHARS} to train on, {MIN_VAL_CHARS} to validate)"
+        )
+
+
+def _big_enough(num_chars: int, val_frac: float) -> bool:
+    cut = split_point(num_chars, val_frac)
+    return cut >= MIN_TRAIN_CHARS and num_chars - cut >= MIN_VAL_CHARS
+
+
 def fit_batch_shape(num_chars: int, batch: int, seq_len: int) -> tuple[int, int, str | None]:
     """Shrink batch (then seq_len) so one epoch holds at least one full window per stream.
 
     Returns (batch, seq_len, notice or None). Raises CharlstmError below a sensible minimum.
     """
-    minimum = 16
+    minimum = MIN_TRAIN_CHARS
     if num_chars < minimum:
         raise CharlstmError(
             f"training text too short: {num_chars} characters; need at least {minimum} (add text or lower --val-frac)"

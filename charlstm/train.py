@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import ModelConfig, TrainConfig, from_dict
-from .data import IGNORE_INDEX, Corpus, Streams, Vocab, fit_batch_shape, split_train_val
+from .config import DEVICES, ModelConfig, TrainConfig, from_dict
+from .data import IGNORE_INDEX, Corpus, Streams, Vocab, check_trainable, fit_batch_shape, split_train_val
 from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list, state_to_list
 
@@ -61,6 +61,8 @@ class Progress:
 
 
 def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -154,7 +156,7 @@ class Trainer:
         payload = None
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, prefer=ckpt.LATEST)
-            payload = ckpt.load_checkpoint(path)
+            payload = ckpt.load_model_checkpoint(path)
             self.resumed_from = str(path)
             if Path(resume_from).is_dir():
                 self.run_dir = Path(resume_from)
@@ -165,6 +167,7 @@ class Trainer:
         train_config.validate()
 
         # data
+        check_trainable(corpus.text, train_config.val_frac)
         vocab = Vocab(payload["vocab"]) if payload else Vocab.from_text(corpus.text)
         if payload:
             unknown = vocab.unknown(corpus.text)
@@ -247,20 +250,20 @@ class Trainer:
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise CharlstmError(f"checkpoint does not match its own config: {str(exc).splitlines()[0]}") from None
-        saved = payload.get("progress", {})
-        self.progress = from_dict(Progress, saved)
-        if self.progress.position >= len(self.train_streams):
-            self.progress.position = 0
-        hidden = payload.get("hidden") or []
-        if hidden and hidden[0].shape[1] == self.train_streams.batch:
-            self.state = state_from_list(hidden, self.model_config.cell, self.device)
-        rng = payload.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda" and rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            _check_optimizer_state(self.optimizer)
+            self.progress = from_dict(Progress, payload.get("progress", {}))
+            if not 0 <= self.progress.position < len(self.train_streams):
+                self.progress.position = 0
+            hidden = payload.get("hidden") or []
+            if _hidden_fits(hidden, self.model_config, self.train_streams.batch):
+                self.state = state_from_list(hidden, self.model_config.cell, self.device)
+            rng = payload.get("rng", {})
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and self.device.type == "cuda" and rng["cuda"]:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, CharlstmError) as exc:
+            raise CharlstmError(f"{self.resumed_from} cannot be resumed: {str(exc).splitlines()[0]}") from None
         rows = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
         ckpt.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
 
@@ -360,9 +363,7 @@ class Trainer:
         self, should_stop: Callable[[int], bool] | None = None, show_progress: bool = True
     ) -> TrainResult:
         p, c = self.progress, self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.run_dir.is_dir():
-            raise CharlstmError(f"output directory {self.run_dir} is not a directory")
+        ckpt.prepare_run_dir(self.run_dir)
         model, optimizer, streams = self.model, self.optimizer, self.train_streams
         vocab_size = len(self.vocab)
         model.train()
@@ -484,6 +485,31 @@ class Trainer:
             resumed_from=self.resumed_from,
             notices=self.notices,
         )
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict checks parameter counts, not shapes: a mismatched moment would crash at the first step."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CharlstmError(f"optimizer {key} has shape {tuple(value.shape)} for a weight of {tuple(param.shape)}")
+
+
+def _hidden_fits(hidden: list, config: ModelConfig, batch: int) -> bool:
+    """Whether a saved hidden state can continue: a state for another batch size is dropped (a fresh start of
+    the streams); one whose shape contradicts the model is refused."""
+    if not hidden:
+        return False
+    if not isinstance(hidden, list) or not all(isinstance(h, torch.Tensor) for h in hidden):
+        raise CharlstmError("its hidden state is not a list of tensors")
+    if any(h.dim() != 3 for h in hidden):
+        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, not (layers, batch, hidden)")
+    if hidden[0].shape[1] != batch:
+        return False
+    expected = [(config.layers, batch, config.hidden)] * (2 if config.cell == "lstm" else 1)
+    if [tuple(h.shape) for h in hidden] != expected:
+        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, the model needs {expected}")
+    return True
 
 
 def _finite_or_none(value: float) -> float | None:
