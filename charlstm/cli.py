@@ -191,6 +191,9 @@ def train(
     except CharlstmError as exc:
         _fail(str(exc))
         return
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: nothing more is saved
+        err.print("\nInterrupted; nothing more was saved (the run's latest.pt, if any, holds the last save).")
+        raise typer.Exit(130) from None
     _print_train_summary(result)
     if result.stopped_by.startswith("interrupt"):
         err.print(
@@ -315,6 +318,9 @@ def sample(
         _fail(str(exc))
     except BrokenPipeError:  # `charlstm sample | head`
         sys.stderr.close()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        raise typer.Exit(130) from None
 
 
 def _join_samples(texts: list[str]) -> str:
@@ -377,4 +383,7 @@ def _info(path: Path) -> dict:
 
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C outside the training loop: exit at once, no traceback
     app()

@@ -310,6 +310,11 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> None:
+        if not all(torch.isfinite(t).all() for t in self.model.parameters()):  # a NaN/inf step got through
+            raise CharlstmError(
+                f"the weights became NaN or infinite by step {self.progress.step}; stopped without saving them "
+                f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
+            )
         ckpt.save_checkpoint(self.checkpoint_payload(), self.run_dir / ckpt.LATEST)
         if best:
             ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
