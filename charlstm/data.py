@@ -200,7 +200,9 @@ class Streams:
         self.inputs = padded[:-1].clamp(min=0).view(batch, self.stream_len)  # (B, L)
         self.steps_per_epoch = math.ceil(self.stream_len / seq_len)
         self.num_targets = len(ids) - 1
-        self._pad_start = self.num_targets - (batch - 1) * self.stream_len  # padding starts here in the last stream
+        # real targets fill the streams in order: this many whole streams, then the start of the next one
+        # (with more streams than characters to spare, several trailing streams are all padding)
+        self._full_streams, self._partial_len = divmod(self.num_targets, self.stream_len)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -215,7 +217,7 @@ class Streams:
         """How many real (unpadded) targets window k holds."""
         start = k * self.seq_len
         end = min(start + self.seq_len, self.stream_len)
-        return self.batch * (end - start) - max(0, end - max(start, self._pad_start))
+        return self._full_streams * (end - start) + min(max(self._partial_len - start, 0), end - start)
 
     def __iter__(self):
         for k in range(self.steps_per_epoch):
