@@ -230,6 +230,12 @@ def _corpus_of_run(resume_path: Path, encoding: str):
     sources = [Path(s) for s in info.get("sources", [])]
     if not sources:
         raise CharlstmError("the checkpoint does not record its corpus; give the corpus path")
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise CharlstmError(
+            f"the run's corpus {', '.join(missing)} is not there any more (paths are relative to where training "
+            f"started); give it: charlstm train CORPUS --resume {resume_path}"
+        )
     return load_corpus(sources, encoding=encoding)
 
 

@@ -422,3 +422,12 @@ def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained):
     assert "loss became nan at step 12" in line or "NaN or infinite by step 11" in line, line
     assert checkpoints_unchanged(run, before)
     assert ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 10
+
+
+def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = write(tmp_path, "gone.txt", make_text(2000).encode())
+    assert_trains(invoke("train", corpus.name, "--out", "run", "--max-steps", "3", *TINY))
+    corpus.unlink()
+    assert_one_error(invoke("train", "--resume", "run", "--max-steps", "6", *TINY),
+                     "the run's corpus gone.txt is not there any more", "charlstm train CORPUS --resume run")  # fmt: skip
