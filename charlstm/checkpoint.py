@@ -51,10 +51,21 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp_name)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        os_error = _os_error_in(exc)
+        if os_error is not None:
+            reason = "the disk is full" if os_error.errno == 28 else (os_error.strerror or str(os_error))
             raise CharlstmError(f"could not save {path}: {reason}; the previous file is unchanged") from None
         raise
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: torch.save on a full disk raises a RuntimeError while handling one."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def prepare_run_dir(run_dir: Path) -> None:
@@ -240,8 +251,13 @@ def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    except OSError as exc:  # a line cut short is skipped by read_metrics
+        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise CharlstmError(f"could not write {path}: {reason}; the checkpoints are saved") from None
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
