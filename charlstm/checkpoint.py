@@ -38,8 +38,11 @@ def _atomic_write(path: Path, write) -> None:
 
     A crash or a full disk part-way leaves the previous file untouched.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CharlstmError(f"could not save {path}: {exc.strerror or exc}; the previous file is unchanged") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

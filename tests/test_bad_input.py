@@ -437,3 +437,25 @@ def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
     corpus.unlink()
     assert_one_error(invoke("train", "--resume", "run", "--max-steps", "6", *TINY),
                      "the run's corpus gone.txt is not there any more", "charlstm train CORPUS --resume run")  # fmt: skip
+
+
+def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monkeypatch):
+    run, corpus_file = trained
+    before = {name: (run / name).read_bytes() for name in (ckpt.LATEST, ckpt.BEST)}
+    if IS_ROOT:  # root writes through chmod 0o500: make every new file in the run directory fail as it would
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(ckpt.tempfile, "mkstemp", denied)
+        monkeypatch.setattr(ckpt.tempfile, "TemporaryFile", denied)
+    else:
+        run.chmod(0o500)
+    try:
+        result = invoke("train", corpus_file, "--resume", run, "--max-steps", "30", *TINY)
+    finally:
+        run.chmod(0o755)
+        monkeypatch.undo()
+    line = assert_one_error(result, "Permission denied")
+    assert str(run) in line
+    assert checkpoints_unchanged(run, before)
+    assert ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 10
