@@ -19,6 +19,7 @@ from .conftest import make_text
 runner = CliRunner()
 TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5", "-q"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args):

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ SAVE_EVERY = 2  # frequent saves, so that many kills land inside one
 TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "25",
         "--max-steps", str(TARGET_STEPS), "--save-every", str(SAVE_EVERY), "-q"]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_command(corpus: Path, run: Path, resume: bool) -> list[str]:
@@ -69,12 +71,7 @@ def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tenso
     model = ModelConfig(hidden=16, embed=8)
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS, save_every=100)
     corpus = Corpus(text=corpus_text, name="corpus", sources=["memory"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocesses
-    try:
-        Trainer(corpus, model, config, tmp_path / "reference", log=lambda line: None).train(show_progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    Trainer(corpus, model, config, tmp_path / "reference", log=lambda line: None).train(show_progress=False)
     return ckpt.load_checkpoint(tmp_path / "reference" / ckpt.LATEST)["model"]
 
 
@@ -160,7 +157,8 @@ def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every
     import charlstm.train as train_module
 
     clock = iter(range(10**6))
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock) * 0.25)  # every call: +0.25 s
+    fake_time = SimpleNamespace(perf_counter=lambda: next(clock) * 0.25)  # every call: +0.25 s
+    monkeypatch.setattr(train_module, "time", fake_time)  # the trainer's clock only
     saves: list[tuple[int, float]] = []
     real_save = ckpt.save_checkpoint
 

@@ -1,6 +1,7 @@
 """Property tests over arbitrary Unicode text: emoji, combining marks, CJK, control characters."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from charlstm.sample import LoadedModel, sample_text
 AWKWARD = list("🙂👍🏽👨‍👩‍👧\u0301\u0308\u200d中文字한국어\x00\x01\x07\x1b\x7f\r\n\t\u2028\ufeffé½")
 TEXT_CHARS = st.one_of(st.characters(), st.sampled_from(AWKWARD))
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @SETTINGS
