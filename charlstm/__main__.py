@@ -1,4 +1,9 @@
-from .cli import run
+import signal
+
+# Ctrl-C outside the training loop (which saves first) ends the process at once, without a traceback.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+from .cli import run  # noqa: E402
 
 if __name__ == "__main__":
     run()

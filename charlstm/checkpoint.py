@@ -37,8 +37,11 @@ def _atomic_write(path: Path, write) -> None:
 
     A crash or a full disk part-way leaves the previous file untouched.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CharlstmError(f"could not save {path}: {exc.strerror or exc}; the previous file is unchanged") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -50,13 +53,46 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp_name)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        os_error = _os_error_in(exc)
+        if os_error is not None:
+            reason = "the disk is full" if os_error.errno == 28 else (os_error.strerror or str(os_error))
             raise CharlstmError(f"could not save {path}: {reason}; the previous file is unchanged") from None
         raise
 
 
 atomic_write = _atomic_write  # for other modules' files (the encoded corpus cache)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: torch.save on a full disk raises a RuntimeError while handling one."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent; remove temporary
+    files that a save killed part-way left behind (they are never read)."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except FileExistsError:
+        raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
+    except OSError as exc:
+        raise CharlstmError(
+            f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
+        ) from None
+    for name in (LATEST, BEST, RUN_JSON, METRICS):
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
@@ -89,6 +125,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except OSError as exc:
         raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        if path.suffix != ".pt" and _looks_like_text(path):
+            raise CharlstmError(f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})")
         raise CharlstmError(corrupt)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -112,6 +150,61 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
     return payload
+
+
+def _looks_like_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    from .data import looks_binary  # here: data.py imports this module
+
+    return bool(head) and b"\x00" not in head and not looks_binary(head)
+
+
+def load_model_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`load_checkpoint`, then check that everything a model is rebuilt from is well formed and consistent:
+    the configs, the vocabulary, and every weight's name, shape and finiteness against the stored config
+    (checked on the meta device, so a config that claims a huge model allocates nothing)."""
+    payload = load_checkpoint(path, map_location)
+    try:
+        _check_model_payload(payload)
+    except CharlstmError as exc:
+        raise CharlstmError(f"{path} is not a usable charlstm checkpoint: {exc}") from None
+    return payload
+
+
+def _check_model_payload(payload: dict[str, Any]) -> None:
+    from .config import ModelConfig, TrainConfig, from_dict
+    from .model import CharRNN
+
+    vocab = payload["vocab"]
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) <= 1 for c in vocab):
+        raise CharlstmError("its vocabulary is not a list of single characters")
+    if len(set(vocab)) != len(vocab):
+        raise CharlstmError("its vocabulary repeats characters")
+    config = from_dict(ModelConfig, payload["model_config"])
+    config.validate()
+    if config.vocab_size != len(vocab):
+        raise CharlstmError(f"its config says vocab_size {config.vocab_size} but it stores {len(vocab)} characters")
+    from_dict(TrainConfig, payload.get("train_config", {})).validate()
+    weights = payload["model"]
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CharlstmError("its weights are not a mapping of tensors")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
+    if set(weights) != set(expected):
+        odd = sorted(set(weights) ^ set(expected))
+        raise CharlstmError(f"its weights do not match its config ({config.cell}, {config.layers} layer(s)): {', '.join(odd[:5])}")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CharlstmError(
+                f"weight {name} has shape {tuple(weights[name].shape)} but its config (hidden {config.hidden}, "
+                f"embed {config.embed}, vocabulary {config.vocab_size}) needs {shape}"
+            )
+        if not weights[name].is_floating_point() or not torch.isfinite(weights[name]).all():
+            raise CharlstmError(f"weight {name} is not finite floating-point numbers")
 
 
 # ------------------------------------------------------------------------------------------ locating
@@ -165,8 +258,13 @@ def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    except OSError as exc:  # a line cut short is skipped by read_metrics
+        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise CharlstmError(f"could not write {path}: {reason}; the checkpoints are saved") from None
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def train(
     """
     from .data import default_corpus, load_corpus
     from .distributed import is_main_process
-    from .train import train as run_training
+    from .train import pick_device, train as run_training
 
     given = {k: v for k, v in locals().items() if v is not None}
     try:
@@ -181,10 +181,10 @@ def train(
         if max_time is not None:
             train_values["max_time"] = parse_duration(max_time, "--max-time")
         if save_every is not None:
-            if save_every.strip().isdigit():
+            if save_every.strip().lstrip("+-").isdigit():
                 train_values["save_every"] = int(save_every)
                 if train_values["save_every"] <= 0:
-                    raise CharlstmError("--save-every must be > 0")
+                    raise CharlstmError(f"--save-every must be > 0 steps (or a duration such as 5m), got {save_every}")
             else:
                 train_values["save_every_seconds"] = parse_duration(save_every, "--save-every")
         explicit = set(model_values) | set(train_values)
@@ -192,6 +192,8 @@ def train(
         train_config = TrainConfig(**train_values)
         model_config.validate()
         train_config.validate()
+        if "device" in explicit:
+            pick_device(train_config.device)  # an unavailable device fails now, before any data is read
 
         resume_path: Path | None = None
         if resume is not None:
@@ -228,9 +230,9 @@ def train(
     except CharlstmError as exc:
         _fail(str(exc))
         return
-    except KeyboardInterrupt:  # before the training loop (which saves and stops cleanly on Ctrl-C)
-        _fail("interrupted while preparing the corpus or the model; nothing was saved")
-        return
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: nothing more is saved
+        err.print("\nInterrupted; nothing more was saved (the run's latest.pt, if any, holds the last save).")
+        raise typer.Exit(130) from None
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return
     _print_train_summary(result)
@@ -265,15 +267,22 @@ def _corpus_of_run(resume_path: Path, encoding: str):
     from .data import default_corpus, load_corpus
 
     file = ckpt.resolve_checkpoint(resume_path, prefer=ckpt.LATEST)
-    payload = ckpt.load_checkpoint(file)
+    payload = ckpt.load_model_checkpoint(file)
     info = payload.get("corpus") or {}
     if info.get("name") == "python-stdlib":
         return default_corpus()
-    if info.get("config"):
-        return load_corpus(from_dict(CorpusConfig, info["config"]))
-    sources = [Path(s) for s in info.get("sources", [])]
+    config = from_dict(CorpusConfig, info["config"]) if info.get("config") else None
+    sources = [Path(s) for s in (config.paths if config else info.get("sources", []))]
     if not sources:
         raise CharlstmError("the checkpoint does not record its corpus; give the corpus path")
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise CharlstmError(
+            f"the run's corpus {', '.join(missing)} is not there any more (paths are relative to where training "
+            f"started); give it: charlstm train CORPUS --resume {resume_path}"
+        )
+    if config:
+        return load_corpus(config)
     return load_corpus(sources, encoding=encoding)
 
 
@@ -378,6 +387,9 @@ def sample(
         _fail(str(exc))
     except BrokenPipeError:  # `charlstm sample | head`
         sys.stderr.close()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        raise typer.Exit(130) from None
 
 
 def _format_samples(texts: list[str], temperature: float, label_temperature: bool, out_format: str) -> str:
@@ -427,7 +439,7 @@ def _info(path: Path) -> dict:
     if path.is_dir() and (path / ckpt.RUN_JSON).exists():
         return ckpt.read_run_json(path)
     file = ckpt.resolve_checkpoint(path, prefer=ckpt.LATEST)
-    payload = ckpt.load_checkpoint(file)
+    payload = ckpt.load_model_checkpoint(file)
     progress = payload.get("progress", {})
     params = sum(t.numel() for t in payload["model"].values())
     seconds = progress.get("train_seconds", 0.0)
@@ -452,4 +464,7 @@ def _info(path: Path) -> dict:
 
 def run() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C outside the training loop: exit at once, no traceback
     app()

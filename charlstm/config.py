@@ -156,9 +156,32 @@ def parse_temperatures(text: str) -> list[float]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build a config dataclass from a dict, ignoring keys it does not know (older/newer checkpoints)."""
-    known = {f.name for f in fields(cls)}
+    """Build a config dataclass from a dict (read from an untrusted checkpoint), ignoring keys it does not
+    know (older/newer checkpoints) and refusing values of the wrong type with a CharlstmError."""
+    if not isinstance(data, dict):
+        raise CharlstmError(f"{cls.__name__} is a {type(data).__name__}, not a mapping")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key in known and not _has_type(value, known[key].type):
+            raise CharlstmError(f"{cls.__name__}.{key} = {value!r:.40} is not of type {known[key].type}")
     return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _has_type(value: Any, annotation: str | type) -> bool:
+    """Whether `value` fits an annotation such as 'int', 'float | None' or 'list[str]' (a bool is no number here)."""
+    for name in (n.strip() for n in str(annotation).split("|")):
+        if name == "list[str]":
+            fits = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif name in _TYPES:
+            fits = isinstance(value, _TYPES[name]) and not (isinstance(value, bool) and name in ("int", "float"))
+        else:
+            return True  # an annotation this check does not know: accept
+        if fits:
+            return True
+    return False
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import codecs
 import csv
 import fnmatch
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -533,10 +534,14 @@ def split_train_val(
 
     With `end_of_record`, the cut moves to the nearest record boundary, so that validation starts a record.
     """
-    cut = int(len(ids) * (1.0 - val_frac))
+    cut = split_point(len(ids), val_frac)
     if end_of_record is not None:
         cut = _nearest_record_start(ids, cut, end_of_record)
     return ids[:cut], ids[cut:]
+
+
+def split_point(num_chars: int, val_frac: float) -> int:
+    return int(num_chars * (1.0 - val_frac))
 
 
 def _nearest_record_start(ids: np.ndarray, cut: int, end_of_record: int) -> int:
@@ -869,12 +874,38 @@ def _compact_array(ids: torch.Tensor | np.ndarray) -> np.ndarray:
     return ids.astype(np.uint8 if top < 1 << 8 else np.int32)
 
 
+MIN_TRAIN_CHARS = 16  # below this there is nothing worth learning
+MIN_VAL_CHARS = 2  # one input and one target
+
+
+def check_trainable(num_chars: int, distinct: list[str] | None, val_frac: float) -> None:
+    """Refuse a corpus too small to split and train on, or with a single distinct character, saying why."""
+    if distinct is not None and len(distinct) < 2:
+        raise CharlstmError(
+            f"the corpus has only one distinct character ({''.join(distinct)!r}); there is nothing to learn, "
+            f"give text with at least 2 different characters"
+        )
+    n = num_chars
+    if not _big_enough(n, val_frac):
+        # val = n - floor(n (1 - f)) < n f + 1, so no n <= 1/f has 2 validation characters
+        needed = next(m for m in itertools.count(max(n + 1, int(1 / val_frac))) if _big_enough(m, val_frac))
+        raise CharlstmError(
+            f"corpus too short: {n} characters; need at least {needed} at --val-frac {val_frac:g} "
+            f"({MIN_TRAIN_CHARS} to train on, {MIN_VAL_CHARS} to validate)"
+        )
+
+
+def _big_enough(num_chars: int, val_frac: float) -> bool:
+    cut = split_point(num_chars, val_frac)
+    return cut >= MIN_TRAIN_CHARS and num_chars - cut >= MIN_VAL_CHARS
+
+
 def fit_batch_shape(num_chars: int, batch: int, seq_len: int) -> tuple[int, int, str | None]:
     """Shrink batch (then seq_len) so one epoch holds at least one full window per stream.
 
     Returns (batch, seq_len, notice or None). Raises CharlstmError below a sensible minimum.
     """
-    minimum = 16
+    minimum = MIN_TRAIN_CHARS
     if num_chars < minimum:
         raise CharlstmError(
             f"training text too short: {num_chars} characters; need at least {minimum} (add text or lower --val-frac)"

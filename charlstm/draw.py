@@ -19,7 +19,9 @@ UNIFORM_CHUNK = 64  # rows of uniforms drawn from the generator at once (same st
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Next-character probabilities (N, V) after temperature, top-k and nucleus (top-p) filtering."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # shifted so that a tiny temperature cannot overflow; below 1e-30 (float32 rounds ~1e-45 to 0) it is greedy anyway
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, 1e-30)
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import ModelConfig, TrainConfig, from_dict
-from .data import IGNORE_INDEX, Corpus, Streams, Vocab, fit_batch_shape, prepare_tokens
+from .config import DEVICES, ModelConfig, TrainConfig, from_dict
+from .data import IGNORE_INDEX, Corpus, Streams, Vocab, check_trainable, fit_batch_shape, prepare_tokens
 from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list
 
@@ -64,6 +64,8 @@ class Progress:
 
 
 def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -202,7 +204,7 @@ class Trainer:
         payload = None
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, prefer=ckpt.LATEST)
-            payload = ckpt.load_checkpoint(path)
+            payload = ckpt.load_model_checkpoint(path)
             self.resumed_from = str(path)
             if Path(resume_from).is_dir():
                 self.run_dir = Path(resume_from)
@@ -219,6 +221,8 @@ class Trainer:
         for note in self.data.notes:
             self.log(note)
         vocab, train_ids, val_ids = self.data.vocab, self.data.train, self.data.val
+        distinct = [c for c in vocab.chars if c] if payload is None else None  # a checkpoint's vocabulary says nothing
+        check_trainable(len(self.data.ids), distinct, train_config.val_frac)
         if len(val_ids) < 2:
             raise CharlstmError(
                 f"validation split too small ({len(val_ids)} characters); add text or raise --val-frac"
@@ -318,17 +322,17 @@ class Trainer:
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise CharlstmError(f"checkpoint does not match its own config: {str(exc).splitlines()[0]}") from None
-        saved = payload.get("progress", {})
-        self.progress = from_dict(Progress, saved)
-        if self.progress.position >= len(self.train_streams):
-            self.progress.position = 0
-        hidden = payload.get("hidden") or []  # every stream row's state, (layers, B, H) each
-        if hidden and hidden[0].shape[1] == self.train_streams.batch:
-            mine = [h[:, self.train_streams.rows].float() for h in hidden]  # (layers, R, H): this rank's rows
-            self.state = state_from_list(mine, self.model_config.cell, self.device)
-        self._restore_rng(payload.get("rng", {}))
+            _check_optimizer_state(self.optimizer)
+            self.progress = from_dict(Progress, payload.get("progress", {}))
+            if not 0 <= self.progress.position < len(self.train_streams):
+                self.progress.position = 0
+            hidden = payload.get("hidden") or []  # every stream row's state, (layers, B, H) each
+            if _hidden_fits(hidden, self.model_config, self.train_streams.batch):
+                mine = [h[:, self.train_streams.rows].float() for h in hidden]  # (layers, R, H): this rank's rows
+                self.state = state_from_list(mine, self.model_config.cell, self.device)
+            self._restore_rng(payload.get("rng", {}))
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, CharlstmError) as exc:
+            raise CharlstmError(f"{self.resumed_from} cannot be resumed: {str(exc).splitlines()[0]}") from None
         if self.dist.is_main:
             rows = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
             ckpt.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
@@ -410,6 +414,11 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         """Every rank calls this (the payload is gathered); only rank 0 writes."""
+        if not all(torch.isfinite(t).all() for t in self.model.parameters()):  # a NaN/inf step got through
+            raise CharlstmError(
+                f"the weights became NaN or infinite by step {self.progress.step}; stopped without saving them "
+                f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
+            )
         payload = self.checkpoint_payload()
         if not self.dist.is_main:
             return
@@ -482,9 +491,7 @@ class Trainer:
     ) -> TrainResult:
         p, c = self.progress, self.config
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.run_dir.is_dir():
-                raise CharlstmError(f"output directory {self.run_dir} is not a directory")
+            ckpt.prepare_run_dir(self.run_dir)
         model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
         world = self.dist.world_size
         show_progress = show_progress and self.dist.is_main
@@ -614,6 +621,31 @@ class Trainer:
             notices=self.notices,
             world_size=self.dist.world_size,
         )
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict checks parameter counts, not shapes: a mismatched moment would crash at the first step."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CharlstmError(f"optimizer {key} has shape {tuple(value.shape)} for a weight of {tuple(param.shape)}")
+
+
+def _hidden_fits(hidden: list, config: ModelConfig, batch: int) -> bool:
+    """Whether a saved hidden state can continue: a state for another batch size is dropped (a fresh start of
+    the streams); one whose shape contradicts the model is refused."""
+    if not hidden:
+        return False
+    if not isinstance(hidden, list) or not all(isinstance(h, torch.Tensor) for h in hidden):
+        raise CharlstmError("its hidden state is not a list of tensors")
+    if any(h.dim() != 3 for h in hidden):
+        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, not (layers, batch, hidden)")
+    if hidden[0].shape[1] != batch:
+        return False
+    expected = [(config.layers, batch, config.hidden)] * (2 if config.cell == "lstm" else 1)
+    if [tuple(h.shape) for h in hidden] != expected:
+        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, the model needs {expected}")
+    return True
 
 
 def _finite_or_none(value: float) -> float | None:

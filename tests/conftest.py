@@ -35,3 +35,13 @@ def shakespeare() -> Path:
     if not path.exists():
         pytest.skip(f"reference corpus not present at {path}")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on one thread: two OpenMP threads on a loaded 2-core machine spin against each other and
+    run many times slower (use with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

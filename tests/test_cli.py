@@ -60,7 +60,7 @@ def test_train_sample_info_end_to_end(tmp_path, corpus_file, monkeypatch):
         (["train", "CORPUS", "--cell", "lstmx"], "--cell must be one of"),
         (["sample"], "train one first"),
         (["sample", "nowhere"], "no such run or checkpoint"),
-        (["sample", "CORPUS"], "corrupt, truncated"),
+        (["sample", "CORPUS"], "is a text file, not a checkpoint"),
         (["sample", "--temp", "-1"], "--temp must be >= 0"),
         (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["info", "nowhere"], "no such run or checkpoint"),

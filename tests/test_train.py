@@ -69,7 +69,8 @@ def test_run_files(tmp_path, corpus):
                 "train_seconds", "chars_per_second"):  # fmt: skip
         assert key in run, key
     assert run["step"] == 10 and run["params"] == result.params
-    assert run["chars_per_second"] == pytest.approx(run["chars_seen"] / run["train_seconds"], rel=0.01)
+    rounding = 0.0005 / run["train_seconds"]  # run.json keeps train_seconds to 3 decimals; 10 tiny steps take ~0.02 s
+    assert run["chars_per_second"] == pytest.approx(run["chars_seen"] / run["train_seconds"], rel=0.01 + rounding)
     rows = ckpt.read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [5, 10]
     assert set(rows[0]) >= {"step", "chars_seen", "train_loss", "val_loss", "seconds"}
