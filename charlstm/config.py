@@ -52,9 +52,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # parallel streams
-    # short windows at batch 64 give many updates per second on a CPU: on Tiny Shakespeare in 100 s, seq 32
-    # reached 1.51 nats/char where seq 64 and 128 reached 1.58 and 1.65 (same characters seen)
+    # Many small updates win on a CPU: on Tiny Shakespeare in 100 s (2 cores), batch 32 x seq 32 reached
+    # 1.49 nats/char where 64 x 32 reached 1.51-1.55 and 64 x 64 1.58 (benchmarks/shakespeare.py).
+    batch_size: int = 32  # parallel streams
     seq_len: int = 32  # characters per stream per step (truncated BPTT length)
     lr: float = 5e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
