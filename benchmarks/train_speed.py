@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.data import IGNORE_INDEX, Streams, Vocab, default_corpus, load_corpus, split_train_val  # noqa: E402
+from charlstm.data import IGNORE_INDEX, Streams, default_corpus, load_corpus, prepare_tokens  # noqa: E402
 from charlstm.train import Trainer, autocast_dtype, configure_backends, pick_device  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -147,8 +147,8 @@ def main() -> None:
 
     path = args.corpus or (SHAKESPEARE if SHAKESPEARE.exists() else None)
     corpus = load_corpus([path]) if path else default_corpus()
-    vocab = Vocab.from_text(corpus.text)
-    train_ids, _ = split_train_val(vocab.encode(corpus.text), train_defaults.val_frac)
+    tokens = prepare_tokens(corpus, train_defaults.val_frac)
+    vocab, train_ids = tokens.vocab, tokens.train
     device = pick_device(args.device)
     configure_backends(device)
     model = ModelConfig(vocab_size=len(vocab), cell=args.cell, layers=args.layers, hidden=args.hidden, embed=args.embed)
@@ -158,7 +158,7 @@ def main() -> None:
     matrix_dtype = amp or torch.float32
     precision = "bf16 autocast" if amp == torch.bfloat16 else "fp32"
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"corpus {corpus.name} ({len(corpus.text):,} chars), vocabulary {len(vocab)}, device {device}{threads}, {precision}")
+    print(f"corpus {corpus.name} ({tokens.chars:,} chars), vocabulary {len(vocab)}, device {device}{threads}, {precision}")
     print(f"shape: {model.layers} x {model.hidden} {model.cell}, embed {model.embed}, batch {config.batch_size}, "
           f"seq {config.seq_len}{', compiled' if args.compile else ''}", flush=True)  # fmt: skip
 
