@@ -57,7 +57,7 @@ def main() -> None:
                         help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)}: learns more in a few CPU minutes)")
     args = parser.parse_args()
 
-    command = [sys.executable, "-m", "charlstm", "train", "--max-time", f"{args.time}s", "--out", str(args.out),
+    command = [sys.executable, "-m", "charlstm", "train", "--max-time", f"{args.time}s", "--out", str(args.out), "--overwrite",
                "--device", "cpu", "-q", *args.extra]  # fmt: skip
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)

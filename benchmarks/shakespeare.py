@@ -35,7 +35,7 @@ CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def run_charlstm(seconds: float, out: Path) -> dict:
-    command = [sys.executable, "-m", "charlstm", "train", str(CORPUS), "--max-time", f"{seconds}s", "--out", str(out), "-q"]
+    command = [sys.executable, "-m", "charlstm", "train", str(CORPUS), "--max-time", f"{seconds}s", "--out", str(out), "--overwrite", "-q"]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads((out / "run.json").read_text())

@@ -53,7 +53,7 @@ def main() -> None:
         sys.exit(f"{TWEETS} not found (the shared reference data)")
 
     command = [sys.executable, "-m", "charlstm", "train", str(TWEETS), "--field", "Text", "--max-time", f"{args.time}s",
-               "--out", str(args.out), "-q", *args.extra]  # fmt: skip
+               "--out", str(args.out), "--overwrite", "-q", *args.extra]  # fmt: skip
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     run = json.loads((args.out / "run.json").read_text())

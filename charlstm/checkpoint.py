@@ -73,6 +73,17 @@ def _os_error_in(exc: BaseException) -> OSError | None:
     return None
 
 
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's checkpoints and records (for a new run in the same directory)."""
+    for name in (LATEST, BEST, RUN_JSON, METRICS):
+        try:
+            (Path(run_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CharlstmError(f"cannot replace the run in {run_dir}: {exc.strerror or exc}") from None
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run directory and prove it is writable before any training time is spent; remove temporary
     files that a save killed part-way left behind (they are never read)."""

@@ -164,6 +164,9 @@ def train(
             show_default=False,
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start a new run in a directory that already holds one, replacing it.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out).
@@ -215,6 +218,14 @@ def train(
             for note in data.notes:
                 err.print(note, markup=False, soft_wrap=True)
         run_dir = out_dir or ckpt.DEFAULT_ROOT / data.name
+        if resume_path is None and (run_dir / ckpt.LATEST).exists():
+            if not overwrite:
+                raise CharlstmError(
+                    f"{run_dir} already holds a run; continue it with --resume, or replace it with --overwrite "
+                    f"(or choose another --out)"
+                )
+            if is_main_process():
+                ckpt.clear_run(run_dir)
         if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
             train_config.max_time = DEFAULT_MAX_TIME
         result = run_training(

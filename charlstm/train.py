@@ -492,6 +492,8 @@ class Trainer:
         p, c = self.progress, self.config
         if self.dist.is_main:
             ckpt.prepare_run_dir(self.run_dir)
+            if self.resumed_from is None and p.step == 0:
+                ckpt.rewrite_metrics(self.run_dir, [])  # a new run: no evaluations from an earlier one
         model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
         world = self.dist.world_size
         show_progress = show_progress and self.dist.is_main

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-.venv/bin/charlstm train --max-time "${DEMO_TIME:-2m}" --out checkpoints/demo
+.venv/bin/charlstm train --max-time "${DEMO_TIME:-2m}" --out checkpoints/demo --overwrite
 echo
 echo "──────── sample (charlstm sample checkpoints/demo --prime 'def ' --length 800) ────────"
 .venv/bin/charlstm sample checkpoints/demo --prime "def " --length 800 --seed 1

@@ -110,3 +110,18 @@ def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
     assert step > 0
     info = runner.invoke(app, ["info", str(run / "latest.pt"), "--json"])
     assert json.loads(info.output)["step"] == step
+
+
+def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", corpus_file, "--max-steps", "10", *TINY).exit_code == 0
+    run = tmp_path / "checkpoints" / "corpus"
+    before = (run / "latest.pt").read_bytes()
+    again = runner.invoke(app, ["train", str(corpus_file), "--max-steps", "20", *TINY])
+    assert again.exit_code == 1 and "already holds a run" in again.output and "--resume" in again.output
+    assert (run / "latest.pt").read_bytes() == before  # untouched
+    fresh = run_cli("train", corpus_file, "--max-steps", "20", "--overwrite", *TINY)
+    assert fresh.exit_code == 0, fresh.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20]  # the new run's evaluations only, not the old run's step 10 too
+    assert json.loads(run_cli("info", run, "--json").output)["step"] == 20
