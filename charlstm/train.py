@@ -525,11 +525,12 @@ class Trainer:
                 if p.position == 0:
                     self.state = None  # the streams wrapped around: start from a zero state
                 x, y = streams.batch_at(p.position)  # (R, T) each: this rank's rows (R = B single-process)
+                targets = streams.targets_in(p.position)  # real targets of the window, all ranks' rows
                 with _autocast(self.device, self.amp):
                     logits, state = model(x, self.state)  # (R, T, V)
                 # summed over this rank's rows, divided by the real targets of the window on all ranks, times
                 # the ranks: DDP's gradient average is then the gradient of the mean over all B rows, exactly
-                loss = self.loss_sum(logits, y) * (world / streams.targets_in(p.position))
+                loss = self.loss_sum(logits, y) * (world / targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if c.grad_clip > 0:
@@ -539,7 +540,7 @@ class Trainer:
                     self._consume(pending)  # raises on a NaN/inf loss, before the step poisons the weights
                 optimizer.step()
                 self.state = detach_state(state)
-                p.chars_seen += streams.targets_in(p.position)
+                p.chars_seen += targets
                 p.step += 1
                 p.position += 1
                 if p.position == len(streams):
