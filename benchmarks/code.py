@@ -10,11 +10,8 @@ baseline (each real file's characters in random order).
 
 from __future__ import annotations
 
-import argparse
 import ast
-import json
 import random
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from charlstm.config import SampleConfig  # noqa: E402
 from charlstm.data import default_corpus, read_text_file  # noqa: E402
 from charlstm.sample import load_model, sample_text  # noqa: E402
+from common import record_parser, train_for  # noqa: E402
 
 
 def parses(source: str) -> bool:
@@ -43,25 +41,11 @@ def share(flags: list[bool]) -> str:
     return f"{sum(flags) / max(1, len(flags)):.1%} ({sum(flags)} of {len(flags)})"
 
 
-SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time", type=float, default=240.0, help="training seconds")
-    parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--temp", type=float, default=0.7)
-    parser.add_argument("--max-length", type=int, default=8000, help="cap per sampled file")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "code")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=SMALL_MODEL,
-                        help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)}: learns more in a few CPU minutes)")
+    parser = record_parser(__doc__, "code", samples=40, temp=0.7, max_length=8000, cap_help="cap per sampled file")
     args = parser.parse_args()
 
-    command = [sys.executable, "-m", "charlstm", "train", "--max-time", f"{args.time}s", "--out", str(args.out), "--overwrite",
-               "--device", "cpu", "-q", *args.extra]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-    run = json.loads((args.out / "run.json").read_text())
+    run = train_for(args.time, args.out, ["--device", "cpu"], args.extra)  # no corpus: the built-in one
 
     corpus = default_corpus()
     files = [read_text_file(p) for p in corpus.files]

@@ -12,9 +12,7 @@ Prints charlstm's figures next to references measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,15 +28,9 @@ from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
 from charlstm.data import Streams, Vocab, split_train_val  # noqa: E402
 from charlstm.train import evaluate  # noqa: E402
 from charlstm.model import CharRNN  # noqa: E402
+from common import train_for  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def run_charlstm(seconds: float, out: Path) -> dict:
-    command = [sys.executable, "-m", "charlstm", "train", str(CORPUS), "--max-time", f"{seconds}s", "--out", str(out), "--overwrite", "-q"]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads((out / "run.json").read_text())
 
 
 def bare_loop(ids, model_config: ModelConfig, train_config: TrainConfig, seconds: float, lr: float, cosine: bool,
@@ -89,7 +81,7 @@ def main() -> None:
         sys.exit(f"{CORPUS} not found (the shared reference data)")
     torch.set_num_threads(torch.get_num_threads())
 
-    ours = run_charlstm(args.time, args.out)
+    ours = train_for(args.time, args.out, [str(CORPUS)])  # default settings
     model_config = ModelConfig(**ours["model_config"])
     train_config = TrainConfig(**ours["train_config"])
     text = CORPUS.read_text(encoding="utf-8")

@@ -11,9 +11,6 @@ in the corpus itself).
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from charlstm.config import SampleConfig  # noqa: E402
 from charlstm.data import table_texts  # noqa: E402
 from charlstm.sample import load_model, sample_text  # noqa: E402
+from common import record_parser, train_for  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 
@@ -36,27 +34,14 @@ def distribution(lengths: list[int]) -> str:
     return f"min {p[0]:.0f} · p10 {p[1]:.0f} · median {p[2]:.0f} · p90 {p[3]:.0f} · max {p[4]:.0f}"
 
 
-SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time", type=float, default=240.0, help="training seconds")
-    parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--temp", type=float, default=0.8)
-    parser.add_argument("--max-length", type=int, default=400, help="cap per sampled tweet (above 280 on purpose)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "tweets")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=SMALL_MODEL,
-                        help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)}: learns more in a few CPU minutes)")
+    parser = record_parser(__doc__, "tweets", samples=200, temp=0.8, max_length=400,
+                           cap_help="cap per sampled tweet (above 280 on purpose)")  # fmt: skip
     args = parser.parse_args()
     if not TWEETS.exists():
         sys.exit(f"{TWEETS} not found (the shared reference data)")
 
-    command = [sys.executable, "-m", "charlstm", "train", str(TWEETS), "--field", "Text", "--max-time", f"{args.time}s",
-               "--out", str(args.out), "--overwrite", "-q", *args.extra]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-    run = json.loads((args.out / "run.json").read_text())
+    run = train_for(args.time, args.out, [str(TWEETS), "--field", "Text"], args.extra)
 
     tweets = [t for t in table_texts(TWEETS, "Text", "utf-8") if t]
     corpus_set = set(tweets)
