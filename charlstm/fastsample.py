@@ -3,7 +3,10 @@
 `make_stepper` picks the fastest one that reproduces the plain path:
   * `NumpyLSTMStepper` (CPU, LSTM): the recurrence in float32 NumPy with preallocated buffers; the first
     layer's input projection is a (V, 4H) table looked up per character; upper layers do one fused
-    [x, h] @ [W_ih; W_hh] matmul; the four gates share one tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2).
+    [x, h] @ [W_ih; W_hh] matmul. One stream: the four gates share one NumPy tanh
+    (sigmoid(x) = (1 + tanh(x / 2)) / 2), fewest calls. A batch: they share one torch sigmoid, in place on
+    the same buffers (tanh(x) = 2 sigmoid(2x) - 1), since NumPy's float32 tanh is scalar code (~3 ns an
+    element here) and torch's sigmoid is vectorised and threaded (~0.5 ns).
   * `ChunkedTorchStepper` (CUDA): `chunk` steps of model + draw captured as one CUDA graph, uniforms copied
     in per chunk, the host reading ids back once per chunk. Without CUDA it runs the same code eagerly.
   * `TorchStepper`: the model called once per character, any cell and device (the plain reference path).
@@ -21,6 +24,8 @@ from .draw import draw_ids, draw_ids_numpy, uniform_chunks
 from .model import CharRNN, State
 
 GRAPH_CHUNK = 32  # CUDA: characters per graph replay (and per host sync)
+SIGMOID_FROM = 16  # CPU: from this many samples on, gates go through torch's sigmoid (see NumpyLSTMStepper)
+ROW_MATMUL_UPTO = 4  # CPU: up to this many samples, one matrix-vector product per sample (see _matmul)
 
 
 class TorchStepper:
@@ -66,24 +71,33 @@ class NumpyLSTMStepper(TorchStepper):
       * a (N, 5H) buffer per layer = [o, i, f, g, c]: gates written by the matmul, the cell state right
         after g, so [i, f] * [g, c] is one multiply;
       * layer 0's input projection (embedding @ W_ih^T + biases) is a (V, 4H) table looked up per character;
-      * gate rows reordered to o, i, f, g with o i f halved: one tanh gives all four gates,
-        sigmoid(x) = (1 + tanh(x / 2)) / 2.
+      * gate rows reordered to o, i, f, g, then scaled (by powers of 2, so exactly) for one transcendental
+        call over all four gates:
+          - below SIGMOID_FROM samples, o i f halved and one NumPy tanh: sigmoid(x) = (1 + tanh(x / 2)) / 2
+            (per-call overhead is what a small step costs, and this is the fewest calls);
+          - from SIGMOID_FROM samples on, g doubled and one torch sigmoid in place: tanh(x) = 2 sigmoid(2x) - 1
+            (the element count is what a batch step costs; NumPy's float32 tanh is scalar code, ~3 ns an
+            element here, torch's sigmoid is vectorised and threaded, ~0.5 ns; `tanh(c)` likewise).
     """
 
     def __init__(self, model: CharRNN, num_samples: int):
         super().__init__(model)
         config = model.config
         self.single = num_samples == 1
+        self.sigmoid = num_samples >= SIGMOID_FROM
+        scales = (1.0, 1.0, 1.0, 2.0) if self.sigmoid else (0.5, 0.5, 0.5, 1.0)
         self.hs = np.zeros((num_samples, config.layers * config.hidden), np.float32)
-        self.layers = [_NumpyLSTMLayer(model, layer, self.hs) for layer in range(config.layers)]
+        self.layers = [_NumpyLSTMLayer(model, layer, self.hs, scales) for layer in range(config.layers)]
         rnn = model.rnn
         w_ih = rnn.weight_ih_l0.detach().double().cpu()  # (4H, E)
         bias = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().double().cpu()  # (4H,)
         embedding = model.embed.weight.detach().double().cpu()  # (V, E)
-        self.input_table = _as_f32(_gate_rows(w_ih @ embedding.T + bias[:, None]).T)  # (V, 4H)
+        self.input_table = _as_f32(_gate_rows(w_ih @ embedding.T + bias[:, None], scales).T)  # (V, 4H)
         self.head_weight = _as_f32(model.head.weight.T)  # (H, V)
         self.head_bias = _as_f32(model.head.bias)  # (V,)
         self.logits = np.zeros((num_samples, config.vocab_size), np.float32)
+        first = self.layers[0]
+        self.first_matmul = _matmul(first.input, first.weight, first.gates)  # (N, H) @ (H, 4H): recurrent part
         self.operations = self._operations()
 
     def start(self, x: torch.Tensor) -> np.ndarray:
@@ -96,8 +110,9 @@ class NumpyLSTMStepper(TorchStepper):
         return logits.float().cpu().numpy()
 
     def step(self, ids: np.ndarray) -> np.ndarray:
+        for operation, operands in self.first_matmul:
+            operation(*operands)
         first = self.layers[0]
-        np.matmul(first.input, first.weight, out=first.gates)  # (N, H) @ (H, 4H): the recurrent part
         first.gates += self.input_table[ids[0]] if self.single else self.input_table[ids]  # the input part
         for operation, operands in self.operations:  # the rest of the step, a fixed sequence (see _operations)
             operation(*operands)
@@ -110,21 +125,57 @@ class NumpyLSTMStepper(TorchStepper):
         for layer in self.layers:
             H = layer.hidden
             if layer.index > 0:
-                ops += [(np.matmul, (layer.input, layer.weight, layer.gates)),  # (N, 2H) @ (2H, 4H)
-                        (np.add, (layer.gates, layer.bias, layer.gates))]  # fmt: skip
-            ops += [
-                (np.tanh, (layer.gates, layer.gates)),
-                (np.multiply, (layer.oif, 0.5, layer.oif)),
-                (np.add, (layer.oif, 0.5, layer.oif)),  # sigmoid(x) = (1 + tanh(x / 2)) / 2
-                (np.multiply, (layer.i_f, layer.g_c, layer.products)),  # [i * g, f * c]
-                (np.add, (layer.products[:, :H], layer.products[:, H:], layer.c)),  # c = f * c + i * g
-                (np.tanh, (layer.c, layer.scratch)),
-                (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
-            ]
+                ops += _matmul(layer.input, layer.weight, layer.gates)  # (N, 2H) @ (2H, 4H)
+                ops += [(np.add, (layer.gates, layer.bias, layer.gates))]
+            ops += self._sigmoid_cell(layer) if self.sigmoid else self._tanh_cell(layer)
         top = self.layers[-1]
-        ops += [(np.matmul, (top.h, self.head_weight, self.logits)),  # (N, H) @ (H, V)
-                (np.add, (self.logits, self.head_bias, self.logits))]  # fmt: skip
+        ops += _matmul(top.h, self.head_weight, self.logits)  # (N, H) @ (H, V)
+        ops += [(np.add, (self.logits, self.head_bias, self.logits))]
         return ops
+
+    @staticmethod
+    def _tanh_cell(layer: "_NumpyLSTMLayer") -> list[tuple]:
+        """The cell from gates o i f (halved) and g: one NumPy tanh for the four gates, one for c."""
+        H = layer.hidden
+        return [
+            (np.tanh, (layer.gates, layer.gates)),
+            (np.multiply, (layer.oif, 0.5, layer.oif)),
+            (np.add, (layer.oif, 0.5, layer.oif)),  # sigmoid(x) = (1 + tanh(x / 2)) / 2
+            (np.multiply, (layer.i_f, layer.g_c, layer.products)),  # [i * g, f * c]
+            (np.add, (layer.products[:, :H], layer.products[:, H:], layer.c)),  # c = f * c + i * g
+            (np.tanh, (layer.c, layer.scratch)),
+            (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
+        ]
+
+    @staticmethod
+    def _sigmoid_cell(layer: "_NumpyLSTMLayer") -> list[tuple]:
+        """The cell from gates o i f and g (doubled): one in-place torch sigmoid for the four gates, one for c,
+        on torch views of the NumPy buffers; tanh(x) = 2 sigmoid(2x) - 1 (torch on one thread: see sample_ids)."""
+        H = layer.hidden
+        gates, scratch = torch.from_numpy(layer.gates), torch.from_numpy(layer.scratch)  # share the memory
+        return [
+            (torch.sigmoid_, (gates,)),
+            (np.multiply, (layer.g, 2.0, layer.g)),
+            (np.subtract, (layer.g, 1.0, layer.g)),  # g = tanh(g) = 2 sigmoid(2g) - 1
+            (np.multiply, (layer.i_f, layer.g_c, layer.products)),  # [i * g, f * c]
+            (np.add, (layer.products[:, :H], layer.products[:, H:], layer.c)),  # c = f * c + i * g
+            (np.multiply, (layer.c, 2.0, layer.scratch)),
+            (torch.sigmoid_, (scratch,)),
+            (np.multiply, (layer.scratch, 2.0, layer.scratch)),
+            (np.subtract, (layer.scratch, 1.0, layer.scratch)),  # tanh(c)
+            (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
+        ]
+
+    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
+        """As the plain path, with torch held to one thread meanwhile: the matmuls are OpenBLAS's (its own
+        threads), and torch's OpenMP workers woken for a sigmoid or exp in between fight them for the cores
+        (measured on 2 cores: a 2 x 128 step at batch 256 went from 1.6 ms to 17 ms)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from super().sample_ids(x, config, rng)
+        finally:
+            torch.set_num_threads(threads)
 
     def draw(self, logits: np.ndarray, uniforms: np.ndarray, config) -> np.ndarray:
         return draw_ids_numpy(logits, uniforms, config.temperature, config.top_k, config.top_p)
@@ -136,7 +187,7 @@ class NumpyLSTMStepper(TorchStepper):
 class _NumpyLSTMLayer:
     """One layer's weights (gate rows o, i, f, g; o i f halved) and its buffers, as fixed views."""
 
-    def __init__(self, model: CharRNN, layer: int, hs: np.ndarray):
+    def __init__(self, model: CharRNN, layer: int, hs: np.ndarray, scales: tuple[float, ...]):
         rnn, H = model.rnn, model.config.hidden
         n = hs.shape[0]
         self.index, self.hidden = layer, H
@@ -148,12 +199,13 @@ class _NumpyLSTMLayer:
         else:
             weight = torch.cat([getattr(rnn, f"weight_ih_l{layer}").detach().double().cpu(), w_hh], dim=1)
             self.input = hs[:, (layer - 1) * H : (layer + 1) * H]  # [h_below, h]
-        self.weight = _as_f32(_gate_rows(weight).T)  # (K, 4H)
-        self.bias = _as_f32(_gate_rows(bias[:, None])[:, 0])  # (4H,); layer 0's is in the input table
+        self.weight = _as_f32(_gate_rows(weight, scales).T)  # (K, 4H)
+        self.bias = _as_f32(_gate_rows(bias[:, None], scales)[:, 0])  # (4H,); layer 0's is in the input table
         self.h = hs[:, layer * H : (layer + 1) * H]
         buffer = np.zeros((n, 5 * H), np.float32)  # [o, i, f, g, c]
         self.gates, self.c = buffer[:, : 4 * H], buffer[:, 4 * H :]
         self.oif, self.o, self.i_f, self.g_c = buffer[:, : 3 * H], buffer[:, :H], buffer[:, H : 3 * H], buffer[:, 3 * H :]
+        self.g = buffer[:, 3 * H : 4 * H]
         self.products = np.zeros((n, 2 * H), np.float32)
         self.scratch = np.zeros((n, H), np.float32)
 
@@ -244,10 +296,19 @@ def make_stepper(model: CharRNN, num_samples: int, fast: bool = True) -> TorchSt
     return TorchStepper(model)  # GRU/RNN on CPU, MPS, or forced plain
 
 
-def _gate_rows(rows: torch.Tensor) -> torch.Tensor:
-    """(4H, K) in torch's i, f, g, o order -> o, i, f, g with o i f multiplied by 1/2 (exact in binary)."""
+def _gate_rows(rows: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:
+    """(4H, K) in torch's i, f, g, o order -> o, i, f, g, multiplied by `scales` (powers of 2: exact)."""
     i, f, g, o = rows.chunk(4, dim=0)
-    return torch.cat([o * 0.5, i * 0.5, f * 0.5, g], dim=0)
+    return torch.cat([gate * scale for gate, scale in zip((o, i, f, g), scales)], dim=0)
+
+
+def _matmul(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> list[tuple]:
+    """`out = x @ weight` as step operations. For 2..ROW_MATMUL_UPTO rows, one matrix-vector product per row:
+    OpenBLAS's gemm is several times slower at so few rows than that many gemv calls (3 x 512: 2 rows took
+    5x one row's time), and a step that small is bound by reading the weights, which stay in cache."""
+    if 1 < x.shape[0] <= ROW_MATMUL_UPTO:
+        return [(np.matmul, (x[row], weight, out[row])) for row in range(x.shape[0])]
+    return [(np.matmul, (x, weight, out))]
 
 
 def _as_f32(t: torch.Tensor) -> np.ndarray:

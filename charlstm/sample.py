@@ -74,9 +74,9 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
 
     stops = [s for s in config.stop if s]
     hold = max((len(s) for s in stops), default=1) - 1  # characters held back while a stop may be forming
-    texts = [""] * n  # unemitted tail per sample
-    emitted_upto = [0] * n
+    pending = [""] * n  # per sample: drawn, not yet emitted (at most `hold` characters between rows)
     alive = [True] * n
+    chars = vocab.chars
 
     with torch.inference_mode():
         stepper = make_stepper(model, n, fast=fast)
@@ -87,31 +87,35 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
                     continue
                 if token == eor:
                     alive[i] = False
+                    if pending[i]:
+                        yield i, pending[i]
                     continue
-                texts[i] += vocab.chars[token]
-                cut = _find_stop(texts[i], stops, emitted_upto[i])
+                if not stops:  # the common case: each character is emitted as it is drawn
+                    yield i, chars[token]
+                    continue
+                text = pending[i] + chars[token]
+                cut = _find_stop(text, stops)
                 if cut is not None:
                     alive[i] = False
-                    if cut > emitted_upto[i]:
-                        yield i, texts[i][emitted_upto[i] : cut]
-                    emitted_upto[i] = cut
+                    if cut:
+                        yield i, text[:cut]
                     continue
-                safe = len(texts[i]) - hold
-                if safe > emitted_upto[i]:
-                    yield i, texts[i][emitted_upto[i] : safe]
-                    emitted_upto[i] = safe
+                safe = len(text) - hold
+                if safe > 0:
+                    yield i, text[:safe]
+                pending[i] = text[safe:] if safe > 0 else text
             if not any(alive):
                 break
     for i in range(n):
-        if alive[i] and len(texts[i]) > emitted_upto[i]:
-            yield i, texts[i][emitted_upto[i] :]
+        if alive[i] and pending[i]:
+            yield i, pending[i]
 
 
-def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
-    """Where the earliest stop string that ends at the text's end begins, if any."""
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    """Where the first stop string that ends at the text's end begins, if any."""
     for stop in stops:
         if text.endswith(stop):
-            return max(emitted, len(text) - len(stop))
+            return len(text) - len(stop)
     return None
 
 

@@ -9,6 +9,7 @@ import torch
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data import Vocab
 from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
+from charlstm import draw, fastsample
 from charlstm.fastsample import ChunkedTorchStepper, NumpyLSTMStepper, TorchStepper, make_stepper
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, sample_text
@@ -37,7 +38,7 @@ def test_uniform_chunks_are_the_per_step_stream():
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("rows", [1, 7, 40])  # 40: exp and cumsum in torch
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (0.9, 0, 0.8), (1.0, 10, 0.6), (0, 0, 1.0)])
 def test_numpy_draw_matches_torch_draw(rows, temperature, top_k, top_p):
     generator = torch.Generator().manual_seed(rows * 100 + top_k)
@@ -58,8 +59,20 @@ def test_numpy_draw_filters_like_torch():
     assert draw_ids_numpy(logits, np.array([0.0]), 1.0, 0, 0.7).tolist() == [2]
 
 
+@pytest.fixture(params=["tanh cell, row matmuls", "sigmoid cell, gemm"])
+def cell_variant(request, monkeypatch):
+    """Both ways NumpyLSTMStepper computes a step, whatever the batch size (normally chosen by batch size)."""
+    if request.param.startswith("sigmoid"):
+        monkeypatch.setattr(fastsample, "SIGMOID_FROM", 1)
+        monkeypatch.setattr(fastsample, "ROW_MATMUL_UPTO", 1)
+        monkeypatch.setattr(draw, "TORCH_ROWS_FROM", 1)  # the draw's torch exp and cumsum too
+    else:
+        monkeypatch.setattr(fastsample, "SIGMOID_FROM", 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_fast_lstm_text_equals_plain_text(layers):
+def test_fast_lstm_text_equals_plain_text(layers, cell_variant):
     loaded = random_model(layers=layers, seed=layers)
     settings = [
         dict(seed=1),
@@ -78,6 +91,19 @@ def test_fast_lstm_text_equals_plain_text(layers):
         assert fast == sample_text(loaded, config, fast=False), extra
         if not config.stop:
             assert all(len(text) == len(config.prime) + 400 for text in fast)
+
+
+@pytest.mark.parametrize("num_samples", [2, 5, 40])
+def test_batch_sizes_choose_their_step_and_match_plain(num_samples):
+    """Defaults: row-by-row matmuls for a few samples, gemm beyond; the sigmoid cell from SIGMOID_FROM on."""
+    loaded = random_model(layers=2, hidden=40, seed=num_samples)
+    config = SampleConfig(length=120, seed=num_samples, temperature=0.9, num_samples=num_samples)
+    stepper = make_stepper(loaded.model, num_samples)
+    assert stepper.sigmoid == (num_samples >= fastsample.SIGMOID_FROM)
+    assert len(stepper.first_matmul) == (num_samples if num_samples <= fastsample.ROW_MATMUL_UPTO else 1)
+    threads = torch.get_num_threads()
+    assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
+    assert torch.get_num_threads() == threads  # restored after sampling on one torch thread
 
 
 def test_fast_path_ends_records_like_plain():

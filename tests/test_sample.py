@@ -65,3 +65,41 @@ def test_filters():
     assert choose(probs, torch.tensor([0.05])).item() == 0
     assert choose(probs, torch.tensor([0.5])).item() == 2
     assert choose(probs, torch.tensor([0.95])).item() == 3
+
+
+class ScriptedStepper:
+    """Stands in for a model: yields fixed rows of ids (one per sample), whatever it is fed."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def sample_ids(self, x, config, rng):
+        yield from self.rows[: config.length]
+
+
+@pytest.mark.parametrize(
+    "stream,stop,expected",
+    [
+        ("ab|cd", [], "ab"),  # "|" stands for end-of-record: it ends the sample, unprinted
+        ("abxy|q", ["xyz"], "abxy"),  # a stop's prefix held back when the record ends is still emitted
+        ("abxyzq", ["xyz"], "ab"),
+        ("abxyzq", ["q", "yz"], "abx"),  # the first stop to complete wins
+        ("xyzab", ["xyz"], ""),
+        ("abxy", ["xyz"], "abxy"),  # length reached with a prefix held back
+        ("aaaa", ["aaaaa", "b"], "aaaa"),
+    ],
+)
+def test_stop_strings_and_end_of_record_emit_exactly_the_text_before_them(monkeypatch, stream, stop, expected):
+    from charlstm import sample as sample_module
+    from charlstm.data import Vocab
+    from charlstm.model import CharRNN
+    from charlstm.sample import LoadedModel
+
+    vocab = Vocab(["", *"abcdqxyz"])  # id 0: end of record
+    ids = [0 if c == "|" else vocab.index[c] for c in stream]
+    other = [vocab.index["d"]] * len(ids)  # a second sample that never stops
+    monkeypatch.setattr(sample_module, "make_stepper", lambda *a, **k: ScriptedStepper([[i, o] for i, o in zip(ids, other)]))
+    model = CharRNN(ModelConfig(vocab_size=len(vocab.chars), hidden=8, embed=4))
+    loaded = LoadedModel(model=model, vocab=vocab, path=None, payload={})
+    texts = sample_text(loaded, SampleConfig(length=len(ids), seed=0, num_samples=2, stop=stop))
+    assert texts == [expected, "d" * len(ids)]
