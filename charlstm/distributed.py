@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 
 from .errors import CharlstmError
+
+T = TypeVar("T")
 
 
 def launched_world_size() -> int:
@@ -100,6 +102,21 @@ class Distributed:
         objects: list[Any] = [None] * self.world_size
         torch_dist.all_gather_object(objects, obj, group=self.control)
         return objects
+
+    def in_turn(self, work: Callable[[], T]) -> T:
+        """`work()` once on every rank: rank 0 first, then the first rank of each other node, then the rest,
+        with a barrier between turns. For work that fills a cache on disk (the encoded corpus): one process
+        per filesystem builds it, and the others find it built instead of racing to write the same file."""
+        if not self.enabled:
+            return work()
+        first = self.rank == 0
+        turns = (first, not first and self.local_rank == 0, not first and self.local_rank != 0)
+        result = None
+        for mine in turns:
+            if mine:
+                result = work()
+            self.barrier()
+        return result  # type: ignore[return-value]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -214,9 +214,14 @@ class Trainer:
         model_config.validate()
         train_config.validate()
 
-        # data: ids in a compact dtype (memory-mapped for a large corpus), split on a record boundary
-        self.data = prepare_tokens(
-            corpus, train_config.val_frac, vocab=Vocab(payload["vocab"]) if payload else None, cache_dir=self.run_dir
+        self.dist, self.device = distributed.setup(pick_device(train_config.device))
+
+        # data: ids in a compact dtype (memory-mapped for a large corpus), split on a record boundary; with
+        # several ranks, rank 0 encodes (and caches) first, and the others then reuse its cache
+        self.data = self.dist.in_turn(
+            lambda: prepare_tokens(
+                corpus, train_config.val_frac, vocab=Vocab(payload["vocab"]) if payload else None, cache_dir=self.run_dir
+            )
         )
         for note in self.data.notes:
             self.log(note)
@@ -233,7 +238,6 @@ class Trainer:
             train_config = replace(train_config, batch_size=batch, seq_len=seq_len)
         self.vocab = vocab
         self.corpus = corpus
-        self.dist, self.device = distributed.setup(pick_device(train_config.device))
         configure_backends(self.device)
         self.amp = autocast_dtype(train_config.precision, self.device)
         check_autocast(self.device, self.amp)

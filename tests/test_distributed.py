@@ -182,6 +182,34 @@ def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, singl
     assert_same_run(single_run, run)
 
 
+def _rank_encoding(rank: int, port: int, corpus_path: Path, run: Path, marks: Path) -> None:
+    """A rank that caches even a tiny corpus and leaves a mark each time it encodes one."""
+    from charlstm import data
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    data.CACHE_OVER_BYTES = 0
+    encode = data.encode_corpus
+
+    def marked(*args, **kwargs):
+        (marks / f"rank{rank}-{time.monotonic_ns()}").touch()
+        return encode(*args, **kwargs)
+
+    data.encode_corpus = marked
+    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
+
+
+def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, corpus_path, monkeypatch):
+    run, marks = tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    for key, value in child_env().items():
+        monkeypatch.setenv(key, value)
+    mp.start_processes(_rank_encoding, args=(_free_port(), corpus_path, run, marks), nprocs=2, start_method="spawn")
+    assert [m.name.split("-")[0] for m in marks.iterdir()] == ["rank0"]  # encoded once, by rank 0
+    assert len(list(run.glob("corpus.*.bin"))) == 1
+    assert ckpt.load_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 2
+
+
 def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, single_run):
     run = tmp_path / "run"
     first = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run,
