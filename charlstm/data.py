@@ -802,7 +802,10 @@ class Streams:
         seq_len: int,
         device: torch.device | str = "cpu",
         rows: slice | None = None,
+        gather_on_host: bool | None = None,
     ):
+        """`gather_on_host`: None chooses (numpy on the CPU or for a memory-mapped corpus, torch ops on the
+        device otherwise); the tests force the device-side gather on the CPU to check it against numpy's."""
         if len(ids) < 2:
             raise CharlstmError("need at least 2 characters to make training pairs")
         self.device = torch.device(device)
@@ -820,7 +823,8 @@ class Streams:
         self.num_targets = self.length - 1
         starts = all_starts[first:last]  # the rows served
         # on the CPU, or for a memory-mapped corpus, windows are gathered with numpy (no thread start-up per op)
-        self._on_host = self.device.type == "cpu" or isinstance(ids, np.memmap)
+        auto = self.device.type == "cpu" or isinstance(ids, np.memmap)
+        self._on_host = auto if gather_on_host is None else gather_on_host
         if self._on_host:
             self._tokens = ids if isinstance(ids, np.memmap) else _compact_array(ids)
             self._starts = starts[:, None]  # (rows, 1)

@@ -88,3 +88,20 @@ def test_decode_bytes_bom_crlf_and_errors():
     with pytest.raises(CharlstmError, match="--encoding"):
         decode_bytes(b"caf\xe9 au lait", "x")
     assert decode_bytes(b"caf\xe9", "x", "latin-1") == "café"
+
+
+@pytest.mark.parametrize("dtype,top", [(np.uint8, 200), (np.uint16, 60000), (np.uint32, 70000)])
+@pytest.mark.parametrize("n,batch,seq,rows", [(203, 8, 7, None), (203, 8, 7, slice(4, 8)), (50, 3, 16, slice(0, 1)), (1000, 16, 32, None)])
+def test_device_side_gather_equals_host_gather(dtype, top, n, batch, seq, rows):
+    """The gather a GPU run uses (torch ops on the resident compact ids), run on the CPU against numpy's."""
+    ids = np.random.default_rng(n + batch).integers(0, top, n).astype(dtype)
+    host = Streams(ids, batch, seq, rows=rows, gather_on_host=True)
+    device = Streams(ids, batch, seq, rows=rows, gather_on_host=False)
+    assert isinstance(device._tokens, torch.Tensor) and not isinstance(host._tokens, torch.Tensor)
+    for k in range(len(host)):
+        (x_host, y_host), (x_dev, y_dev) = host.batch_at(k), device.batch_at(k)
+        assert x_dev.dtype == y_dev.dtype == torch.int64
+        assert torch.equal(x_host, x_dev) and torch.equal(y_host, y_dev), k
+        assert device.targets_in(k) == host.targets_in(k)
+    if rows is None:  # the last window holds the padding of the last stream, when it ends early
+        assert (y_host == IGNORE_INDEX).any() == (batch * host.stream_len > n - 1)
