@@ -1,0 +1,107 @@
+"""The CUDA paths on a real GPU: skipped where there is none (CI has none).
+
+What they check, each next to the CPU test that covers its logic without a GPU:
+  * the CUDA-graph sampler is captured (not the eager fallback) and writes the same ids as the plain
+    per-character stepper on the same GPU (CPU: test_fastsample.test_chunked_stepper_eager_equals_plain);
+  * training on the GPU keeps the corpus resident and gathers windows there, in fp32 and bf16, resumes, and its
+    checkpoint samples on the CPU (CPU: test_data.test_device_side_gather_equals_host_gather, test_train);
+  * two GPUs with NCCL train what one process trains (CPU, gloo: test_distributed).
+
+    PYTHONPATH=. python3 -m pytest -q tests/test_gpu.py     # or scripts/gpu_figures.sh, which runs it first
+"""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charlstm import checkpoint as ckpt
+from charlstm.config import SampleConfig
+from charlstm.data import load_corpus
+from charlstm.fastsample import ChunkedTorchStepper, TorchStepper, make_stepper
+from charlstm.sample import LoadedModel, load_model, sample_text
+from charlstm.train import Trainer, train
+
+from .conftest import make_text
+from .test_distributed import FLAGS, QUIET, STEPS, child_env, tiny_model, tiny_train
+from .test_fastsample import CHARS, END_OF_RECORD, random_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def on_gpu(loaded: LoadedModel) -> LoadedModel:
+    return LoadedModel(model=loaded.model.cuda(), vocab=loaded.vocab, path=loaded.path, payload={})
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_text(1000), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_cuda_graph_sampler_is_captured_and_matches_the_plain_stepper(cell):
+    model = on_gpu(random_model(cell=cell, seed=9)).model
+    settings = [dict(temperature=0.9), dict(temperature=1.1, top_k=6, top_p=0.95), dict(temperature=0)]
+    for extra in settings:
+        config = SampleConfig(length=101, seed=0, num_samples=3, **extra)  # 101: three whole chunks and a part
+        x = torch.tensor([[1, 5, 7]] * 3, device="cuda")  # (N, P)
+        with torch.inference_mode():
+            plain = list(TorchStepper(model).sample_ids(x, config, torch.Generator().manual_seed(4)))
+            stepper = make_stepper(model, config.num_samples)
+            assert isinstance(stepper, ChunkedTorchStepper)
+            fast = list(stepper.sample_ids(x, config, torch.Generator().manual_seed(4)))
+        assert stepper.graph is not None, "CUDA graph capture failed; the eager fallback ran"
+        assert fast == plain, extra
+        assert len(fast) == 101 and all(len(row) == 3 for row in fast)
+
+
+def test_cuda_sampling_ends_records_like_the_plain_path():
+    loaded = on_gpu(random_model(seed=5, chars=[END_OF_RECORD, *CHARS]))
+    with torch.no_grad():
+        loaded.model.head.bias[0] -= 1.0  # end-of-record likely enough to end some samples early
+    config = SampleConfig(length=200, seed=3, num_samples=6, stop=["."])
+    assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpus_path, precision):
+    corpus = load_corpus([corpus_path])
+    config = tiny_train(max_steps=STEPS, device="cuda", precision=precision)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda s: None)
+    streams = trainer.train_streams
+    assert trainer.device.type == "cuda" and not streams._on_host  # the ids live on the GPU
+    assert streams._tokens.device.type == "cuda" and streams._tokens.element_size() == 1  # compact, uint8
+    x, y = streams.batch_at(0)
+    assert x.device.type == y.device.type == "cuda"
+    first = trainer.train(should_stop=lambda step: step == 6, show_progress=False)
+    assert first.step == 6 and first.precision == precision and first.device.startswith("cuda")
+    resumed = train(corpus, tiny_model(), config, tmp_path / "run", resume_from=tmp_path / "run", **QUIET)
+    assert resumed.step == STEPS and math.isfinite(resumed.best_val_loss)
+    straight = train(corpus, tiny_model(), config, tmp_path / "straight", **QUIET)
+    a, b = (ckpt.load_checkpoint(tmp_path / name / ckpt.LATEST)["model"] for name in ("run", "straight"))
+    tolerance = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
+    for key in a:  # resumed == straight, up to cuDNN's choice of kernels (and bf16 rounding)
+        torch.testing.assert_close(a[key], b[key], **tolerance, msg=key)
+    loaded = load_model(tmp_path / "run", device="cpu")
+    text = sample_text(loaded, SampleConfig(length=200, seed=1))[0]
+    assert len(text) == 200 and set(text) <= set(loaded.vocab.chars)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
+    single = tmp_path / "single"
+    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS, device="cuda", precision="fp32"), single, **QUIET)
+    flags = ["cuda" if flag == "cpu" else flag for flag in FLAGS]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charlstm",
+               "train", str(corpus_path), "--max-steps", str(STEPS), "--precision", "fp32", "--out", str(tmp_path / "ddp"), *flags]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ckpt.read_run_json(tmp_path / "ddp")["world_size"] == 2
+    one, two = (ckpt.load_checkpoint(run / ckpt.LATEST) for run in (single, tmp_path / "ddp"))
+    assert one["progress"]["step"] == two["progress"]["step"] == STEPS
+    for key in one["model"]:  # NCCL sums the gradients in another order (TF32 is allowed for fp32 matmuls)
+        torch.testing.assert_close(one["model"][key], two["model"][key], rtol=1e-2, atol=1e-3, msg=key)
