@@ -1,9 +1,9 @@
 """Long-run check that the fast sampler writes the same text as the plain per-character path (CPU).
 
-Random-weight LSTMs (2 x 128 and 3 x 64, vocabulary 31, no end-of-record so every sample runs its full
-length), six settings each (temperature, top-k, top-p, a batch of 3 (row-by-row matmuls) and one of 64 (the
-torch-sigmoid cell)); prints, per run, whether the texts are
-identical and where they first differ if not.
+Random-weight LSTMs (2 x 128 and 3 x 64), a 2 x 128 GRU and a 2 x 128 RNN (vocabulary 31, no end-of-record,
+so every sample runs its full length), six settings each: temperature, top-k, top-p, a batch of 3 (row-by-row
+matmuls) and, for the LSTMs, one of 64 (the torch-sigmoid cell; GRU/RNN batches take the plain path). Prints,
+per run, whether the texts are identical and where they first differ if not.
 
     .venv/bin/python benchmarks/sampling_equality.py [--length 4000] [--gain 1.5]
 """
@@ -29,9 +29,9 @@ SETTINGS = [dict(seed=1), dict(seed=2, temperature=1.2), dict(seed=3, top_k=10),
             dict(seed=5, num_samples=3, temperature=0.7), dict(seed=6, num_samples=64, temperature=0.9)]  # fmt: skip
 
 
-def random_model(layers: int, hidden: int, seed: int, gain: float) -> LoadedModel:
+def random_model(cell: str, layers: int, hidden: int, seed: int, gain: float) -> LoadedModel:
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(vocab_size=len(CHARS), layers=layers, hidden=hidden, embed=8))
+    model = CharRNN(ModelConfig(vocab_size=len(CHARS), cell=cell, layers=layers, hidden=hidden, embed=8))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(gain)  # sharper distributions than the default initialisation
@@ -44,14 +44,16 @@ def main() -> None:
     parser.add_argument("--gain", type=float, default=1.5)
     args = parser.parse_args()
     total = mismatches = 0
-    for layers, hidden in [(2, 128), (3, 64)]:
-        loaded = random_model(layers, hidden, seed=layers, gain=args.gain)
+    for cell, layers, hidden in [("lstm", 2, 128), ("lstm", 3, 64), ("gru", 2, 128), ("rnn", 2, 128)]:
+        loaded = random_model(cell, layers, hidden, seed=layers, gain=args.gain)
         for extra in SETTINGS:
+            if cell != "lstm" and extra.get("num_samples", 1) >= 16:
+                continue  # GRU/RNN batches take the plain path: nothing to compare
             config = SampleConfig(length=args.length, **extra)
             fast, plain = sample_text(loaded, config), sample_text(loaded, config, fast=False)
             chars = sum(len(text) for text in plain)
             total += chars
-            line = f"{layers}x{hidden} {extra}: {chars} chars, identical={fast == plain}"
+            line = f"{cell} {layers}x{hidden} {extra}: {chars} chars, identical={fast == plain}"
             if fast != plain:
                 mismatches += 1
                 first = min(next((i for i, (a, b) in enumerate(zip(f, p)) if a != b), min(len(f), len(p)))

@@ -7,6 +7,7 @@
     (sigmoid(x) = (1 + tanh(x / 2)) / 2), fewest calls. A batch: they share one torch sigmoid, in place on
     the same buffers (tanh(x) = 2 sigmoid(2x) - 1), since NumPy's float32 tanh is scalar code (~3 ns an
     element here) and torch's sigmoid is vectorised and threaded (~0.5 ns).
+  * `NumpyGRURNNStepper` (CPU, GRU or RNN, fewer than SIGMOID_FROM samples): the same for those cells.
   * `ChunkedTorchStepper` (CUDA): `chunk` steps of model + draw captured as one CUDA graph, uniforms copied
     in per chunk, the host reading ids back once per chunk. Without CUDA it runs the same code eagerly.
   * `TorchStepper`: the model called once per character, any cell and device (the plain reference path).
@@ -62,7 +63,28 @@ class TorchStepper:
         return chunk
 
 
-class NumpyLSTMStepper(TorchStepper):
+class _NumpyStepper(TorchStepper):
+    """What the NumPy CPU steppers share: logits as arrays, the NumPy twin of the draw, torch on one thread."""
+
+    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
+        """As the plain path, with torch held to one thread meanwhile: the matmuls are OpenBLAS's (its own
+        threads), and torch's OpenMP workers woken for a sigmoid or exp in between fight them for the cores
+        (measured on 2 cores: a 2 x 128 step at batch 256 went from 1.6 ms to 17 ms)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from super().sample_ids(x, config, rng)
+        finally:
+            torch.set_num_threads(threads)
+
+    def draw(self, logits: np.ndarray, uniforms: np.ndarray, config) -> np.ndarray:
+        return draw_ids_numpy(logits, uniforms, config.temperature, config.top_k, config.top_p)
+
+    def _rows(self, chunk: torch.Tensor):
+        return chunk.double().numpy()
+
+
+class NumpyLSTMStepper(_NumpyStepper):
     """CPU LSTM step in NumPy float32: about one µs of overhead per operation instead of several.
 
     Layout, chosen so that each step is few operations:
@@ -166,24 +188,6 @@ class NumpyLSTMStepper(TorchStepper):
             (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
         ]
 
-    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
-        """As the plain path, with torch held to one thread meanwhile: the matmuls are OpenBLAS's (its own
-        threads), and torch's OpenMP workers woken for a sigmoid or exp in between fight them for the cores
-        (measured on 2 cores: a 2 x 128 step at batch 256 went from 1.6 ms to 17 ms)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield from super().sample_ids(x, config, rng)
-        finally:
-            torch.set_num_threads(threads)
-
-    def draw(self, logits: np.ndarray, uniforms: np.ndarray, config) -> np.ndarray:
-        return draw_ids_numpy(logits, uniforms, config.temperature, config.top_k, config.top_p)
-
-    def _rows(self, chunk: torch.Tensor):
-        return chunk.double().numpy()
-
-
 class _NumpyLSTMLayer:
     """One layer's weights (gate rows o, i, f, g; o i f halved) and its buffers, as fixed views."""
 
@@ -208,6 +212,97 @@ class _NumpyLSTMLayer:
         self.g = buffer[:, 3 * H : 4 * H]
         self.products = np.zeros((n, 2 * H), np.float32)
         self.scratch = np.zeros((n, H), np.float32)
+
+
+class NumpyGRURNNStepper(_NumpyStepper):
+    """CPU GRU or vanilla (tanh) RNN step in NumPy float32, for fewer than SIGMOID_FROM samples (beyond that
+    the plain path is as fast: the step is bound by NumPy's scalar tanh, not by per-call overhead).
+
+    hs (N, L*H) = [h_0, ..., h_{L-1}] as for the LSTM; layer 0's input projection is a (V, G*H) table (G = 3
+    gates for a GRU, 1 for an RNN) looked up per character.
+      * RNN: h = tanh(x W_ih^T + h W_hh^T + b); an upper layer does one [h_below, h] @ [W_ih; W_hh] matmul.
+      * GRU (torch's gates r, z, n): r, z = sigmoid(gi_rz + gh_rz), n = tanh(gi_n + r * gh_n),
+        h = n + z * (h - n); the input and hidden parts are two matmuls (r scales only the hidden part of n).
+        The r and z rows are halved (exactly) so that one tanh gives both: sigmoid(x) = (1 + tanh(x / 2)) / 2.
+    """
+
+    def __init__(self, model: CharRNN, num_samples: int):
+        super().__init__(model)
+        config = model.config
+        self.cell, H, n = config.cell, config.hidden, num_samples
+        self.single = n == 1
+        gates = 3 if self.cell == "gru" else 1
+        scales = (0.5, 0.5, 1.0) if self.cell == "gru" else (1.0,)
+        rnn = model.rnn
+
+        def weight(name: str, layer: int) -> torch.Tensor:  # (G*H, K) or (G*H,), rows scaled per gate
+            w = getattr(rnn, f"{name}_l{layer}").detach().double().cpu()
+            return torch.cat([part * scale for part, scale in zip(w.chunk(gates, dim=0), scales)], dim=0)
+
+        self.hs = np.zeros((n, config.layers * H), np.float32)
+        embedding = model.embed.weight.detach().double().cpu()  # (V, E)
+        table = weight("weight_ih", 0) @ embedding.T + weight("bias_ih", 0)[:, None]  # (G*H, V)
+        if self.cell == "rnn":
+            table = table + weight("bias_hh", 0)[:, None]  # both biases add up front
+        self.input_table = _as_f32(table.T)  # (V, G*H)
+        self.first_input = np.zeros((n, gates * H), np.float32)  # layer 0's looked-up input part
+        self.head_weight = _as_f32(model.head.weight.T)  # (H, V)
+        self.head_bias = _as_f32(model.head.bias)  # (V,)
+        self.logits = np.zeros((n, config.vocab_size), np.float32)
+        self.h = [self.hs[:, layer * H : (layer + 1) * H] for layer in range(config.layers)]
+        ops: list[tuple] = []
+        for layer in range(config.layers):
+            h = self.h[layer]
+            if self.cell == "rnn":
+                pre = np.zeros((n, H), np.float32)
+                if layer == 0:
+                    ops += _matmul(h, _as_f32(weight("weight_hh", 0).T), pre)
+                    ops += [(np.add, (pre, self.first_input, pre))]
+                else:
+                    stacked = torch.cat([weight("weight_ih", layer), weight("weight_hh", layer)], dim=1)  # (H, 2H)
+                    ops += _matmul(self.hs[:, (layer - 1) * H : (layer + 1) * H], _as_f32(stacked.T), pre)
+                    bias = weight("bias_ih", layer) + weight("bias_hh", layer)
+                    ops += [(np.add, (pre, _as_f32(bias), pre))]
+                ops += [(np.tanh, (pre, h))]
+                continue
+            gh = np.zeros((n, 3 * H), np.float32)  # h W_hh^T + b_hh: [r, z, n]
+            ops += _matmul(h, _as_f32(weight("weight_hh", layer).T), gh)
+            ops += [(np.add, (gh, _as_f32(weight("bias_hh", layer)), gh))]
+            if layer == 0:
+                gi = self.first_input
+            else:
+                gi = np.zeros((n, 3 * H), np.float32)  # x W_ih^T + b_ih
+                ops += _matmul(self.h[layer - 1], _as_f32(weight("weight_ih", layer).T), gi)
+                ops += [(np.add, (gi, _as_f32(weight("bias_ih", layer)), gi))]
+            rz, new, diff = np.zeros((n, 2 * H), np.float32), np.zeros((n, H), np.float32), np.zeros((n, H), np.float32)
+            ops += [
+                (np.add, (gi[:, : 2 * H], gh[:, : 2 * H], rz)),
+                (np.tanh, (rz, rz)),
+                (np.multiply, (rz, 0.5, rz)),
+                (np.add, (rz, 0.5, rz)),  # [r, z] = sigmoid
+                (np.multiply, (rz[:, :H], gh[:, 2 * H :], new)),
+                (np.add, (new, gi[:, 2 * H :], new)),
+                (np.tanh, (new, new)),  # n = tanh(gi_n + r * gh_n)
+                (np.subtract, (h, new, diff)),
+                (np.multiply, (diff, rz[:, H:], diff)),
+                (np.add, (new, diff, h)),  # h = n + z * (h - n)
+            ]
+        ops += _matmul(self.h[-1], self.head_weight, self.logits)
+        ops += [(np.add, (self.logits, self.head_bias, self.logits))]
+        self.operations = ops
+
+    def start(self, x: torch.Tensor) -> np.ndarray:
+        logits = super().start(x)  # the start text goes through nn.GRU / nn.RNN in one call
+        for layer, h in enumerate(self.state):
+            self.h[layer][:] = h.float().cpu().numpy()
+        self.state = None
+        return logits.float().cpu().numpy()
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        np.take(self.input_table, ids, axis=0, out=self.first_input)  # the input part of layer 0
+        for operation, operands in self.operations:
+            operation(*operands)
+        return self.logits
 
 
 class ChunkedTorchStepper(TorchStepper):
@@ -293,7 +388,9 @@ def make_stepper(model: CharRNN, num_samples: int, fast: bool = True) -> TorchSt
         return ChunkedTorchStepper(model)
     if fast and device.type == "cpu" and model.config.cell == "lstm":
         return NumpyLSTMStepper(model, num_samples)
-    return TorchStepper(model)  # GRU/RNN on CPU, MPS, or forced plain
+    if fast and device.type == "cpu" and num_samples < SIGMOID_FROM:
+        return NumpyGRURNNStepper(model, num_samples)
+    return TorchStepper(model)  # GRU/RNN batches on the CPU, MPS, or forced plain
 
 
 def _gate_rows(rows: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:

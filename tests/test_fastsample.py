@@ -10,7 +10,7 @@ from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data import Vocab
 from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
 from charlstm import draw, fastsample
-from charlstm.fastsample import ChunkedTorchStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm.fastsample import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, sample_text
 
@@ -106,6 +106,24 @@ def test_batch_sizes_choose_their_step_and_match_plain(num_samples):
     assert torch.get_num_threads() == threads  # restored after sampling on one torch thread
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_fast_gru_and_rnn_text_equals_plain_text(cell, layers):
+    loaded = random_model(cell=cell, layers=layers, seed=layers + 10)
+    settings = [
+        dict(seed=1),
+        dict(seed=2, temperature=1.4),
+        dict(seed=3, temperature=0.6, top_k=4, top_p=0.9),
+        dict(seed=5, temperature=0),
+        dict(seed=6, num_samples=3, temperature=1.1),  # row-by-row matmuls
+        dict(seed=7, prime="the cat", num_samples=6, stop=["."]),  # one gemm per matmul
+    ]
+    for extra in settings:
+        config = SampleConfig(length=300, **extra)
+        assert isinstance(make_stepper(loaded.model, config.num_samples), NumpyGRURNNStepper)
+        assert sample_text(loaded, config) == sample_text(loaded, config, fast=False), extra
+
+
 def test_fast_path_ends_records_like_plain():
     loaded = random_model(seed=5, chars=[END_OF_RECORD, *CHARS])
     with torch.no_grad():
@@ -134,4 +152,7 @@ def test_chunked_stepper_eager_equals_plain(cell):
 def test_stepper_choice():
     assert isinstance(make_stepper(random_model().model, 1), NumpyLSTMStepper)
     assert type(make_stepper(random_model().model, 1, fast=False)) is TorchStepper
-    assert type(make_stepper(random_model(cell="gru").model, 1)) is TorchStepper  # GRU/RNN on CPU: plain path
+    assert isinstance(make_stepper(random_model(cell="gru").model, 1), NumpyGRURNNStepper)
+    big = fastsample.SIGMOID_FROM
+    assert type(make_stepper(random_model(cell="rnn").model, big)) is TorchStepper  # GRU/RNN batches: plain path
+    assert isinstance(make_stepper(random_model().model, big), NumpyLSTMStepper)
