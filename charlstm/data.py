@@ -171,14 +171,14 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
             raw = handle.read(chunk_bytes)
             if offset == 0 and utf8 and looks_binary(raw):
                 raise CharlstmError(f"{path} looks binary (NUL or control bytes), not text; give a text file")
-            pending = len(decoder.getstate()[0])  # bytes held over from the previous chunk
+            held = decoder.getstate()[0]  # bytes of an unfinished character from the previous chunk
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as exc:
-                at = offset - pending + exc.start
+                at = offset - len(held) + exc.start
                 line = _line_at(path, at)
                 raise CharlstmError(
-                    f"{path} is not valid {encoding}: byte at offset {at} (line {line}); "
+                    f"{path} is not valid {encoding}: byte 0x{(held + raw)[exc.start]:02x} at offset {at} (line {line}); "
                     f"try --encoding latin-1 (or the file's real encoding)"
                 ) from None
             if at_start and text:

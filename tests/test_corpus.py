@@ -193,8 +193,15 @@ def test_streamed_reading_matches_whole_file(tmp_path, chunk):
     assert "".join(read_text_chunks(path, chunk_bytes=chunk)) == read_text_file(path) == "café 🙂\nnaïve\n\n€ end\r"
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"line one\nline two \xe9 here\n" * 3)
-    with pytest.raises(CharlstmError, match=r"not valid utf-8: byte at offset 18 \(line 2\).*--encoding"):
+    with pytest.raises(CharlstmError, match=r"not valid utf-8: byte 0xe9 at offset 18 \(line 2\).*--encoding"):
         "".join(read_text_chunks(bad, chunk_bytes=4))
+    after_crlf = tmp_path / "crlf-bad.txt"  # the offset counts the file's bytes, CRs included
+    after_crlf.write_bytes(b"a\r\nbb\r\n\r\n\xe9 tail")
+    with pytest.raises(CharlstmError, match=r"byte 0xe9 at offset 9 \(line 4\)"):
+        "".join(read_text_chunks(after_crlf, chunk_bytes=chunk))
+    wide = tmp_path / "utf16.txt"  # another encoding: line ends are cleaned on the text
+    wide.write_bytes("x\r\ny é\r\n\r".encode("utf-16"))
+    assert "".join(read_text_chunks(wide, "utf-16", chunk_bytes=chunk)) == read_text_file(wide, "utf-16") == "x\ny é\n\r"
 
 
 def test_split_falls_on_a_record_boundary():
