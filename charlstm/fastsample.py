@@ -188,8 +188,10 @@ class NumpyLSTMStepper(_NumpyStepper):
             (np.multiply, (layer.o, layer.scratch, layer.h)),  # h = o * tanh(c)
         ]
 
+
 class _NumpyLSTMLayer:
-    """One layer's weights (gate rows o, i, f, g; o i f halved) and its buffers, as fixed views."""
+    """One layer's weights (gate rows o, i, f, g, each multiplied by its entry of `scales`) and its buffers,
+    as fixed views."""
 
     def __init__(self, model: CharRNN, layer: int, hs: np.ndarray, scales: tuple[float, ...]):
         rnn, H = model.rnn, model.config.hidden
@@ -230,7 +232,6 @@ class NumpyGRURNNStepper(_NumpyStepper):
         super().__init__(model)
         config = model.config
         self.cell, H, n = config.cell, config.hidden, num_samples
-        self.single = n == 1
         gates = 3 if self.cell == "gru" else 1
         scales = (0.5, 0.5, 1.0) if self.cell == "gru" else (1.0,)
         rnn = model.rnn
