@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__
 from . import checkpoint as ckpt
 from .config import DEFAULT_MAX_TIME, CorpusConfig, ModelConfig, SampleConfig, TrainConfig, from_dict, parse_duration, parse_temperatures
-from .errors import CharlstmError
+from .errors import CharlstmError, PeerFailedError
 
 app = typer.Typer(
     name="charlstm",
@@ -238,6 +238,8 @@ def train(
             show_progress=not quiet,
             log=lambda line: err.print(line, markup=False, soft_wrap=True),
         )
+    except PeerFailedError:  # under torchrun: the process that failed prints the reason
+        raise typer.Exit(1) from None
     except CharlstmError as exc:
         _fail(str(exc))
         return

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as torch_dist
 
-from .errors import CharlstmError
+from .errors import CharlstmError, PeerFailedError
 
 T = TypeVar("T")
 
@@ -104,18 +104,30 @@ class Distributed:
         return objects
 
     def in_turn(self, work: Callable[[], T]) -> T:
-        """`work()` once on every rank: rank 0 first, then the first rank of each other node, then the rest,
-        with a barrier between turns. For work that fills a cache on disk (the encoded corpus): one process
-        per filesystem builds it, and the others find it built instead of racing to write the same file."""
+        """`work()` once on every rank: rank 0 first, then the first rank of each other node, then the rest.
+        For work that fills a cache on disk (the encoded corpus): one process per filesystem builds it, and
+        the others find it built instead of racing to write the same file.
+
+        After each turn the ranks agree on whether it failed (a barrier as well): if the work raised on any
+        rank (a bad corpus, say), every rank stops there, instead of the others waiting for a rank that left.
+        """
         if not self.enabled:
             return work()
         first = self.rank == 0
         turns = (first, not first and self.local_rank == 0, not first and self.local_rank != 0)
         result = None
         for mine in turns:
+            error: BaseException | None = None
             if mine:
-                result = work()
-            self.barrier()
+                try:
+                    result = work()
+                except BaseException as exc:  # re-raised below, once the other ranks know
+                    error = exc
+            _, failed = self.agree(0.0, error is not None)
+            if error is not None:
+                raise error
+            if failed:
+                raise PeerFailedError("another process failed while preparing the corpus (it says why)")
         return result  # type: ignore[return-value]
 
     def barrier(self) -> None:
@@ -157,4 +169,10 @@ def teardown(dist: Distributed) -> None:
     """Wait for every rank (rank 0 may still be writing its last checkpoint), then leave the group."""
     if dist.enabled and torch_dist.is_initialized():
         dist.barrier()
+        torch_dist.destroy_process_group()
+
+
+def abandon() -> None:
+    """Leave the process group at once, after an error (no barrier: another rank may have gone already)."""
+    if torch_dist.is_initialized():
         torch_dist.destroy_process_group()

@@ -3,3 +3,7 @@
 
 class CharlstmError(Exception):
     """A problem with the user's input (file, flag, checkpoint): shown as one line, exit code 1."""
+
+
+class PeerFailedError(CharlstmError):
+    """Under torchrun: another process failed and says why itself; this one exits 1 without repeating it."""

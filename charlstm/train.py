@@ -671,8 +671,14 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train (or resume) a run. Under `torchrun` with several processes, every rank calls this."""
-    trainer = Trainer(corpus, model_config, train_config, run_dir, resume_from, explicit, log)
-    result = trainer.train(should_stop=should_stop, show_progress=show_progress)
-    # after an error, leave the group without waiting: the other ranks may never arrive (torchrun stops them)
+    try:
+        trainer = Trainer(corpus, model_config, train_config, run_dir, resume_from, explicit, log)
+        result = trainer.train(should_stop=should_stop, show_progress=show_progress)
+    except BaseException:
+        # leave the group without waiting: the other ranks may never arrive (torchrun stops them); a process
+        # that exits with its group alive can abort in gloo's threads ("terminate called without an active
+        # exception") instead of printing its one-line error
+        distributed.abandon()
+        raise
     distributed.teardown(trainer.dist)
     return result
