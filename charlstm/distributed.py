@@ -108,8 +108,8 @@ class Distributed:
         For work that fills a cache on disk (the encoded corpus): one process per filesystem builds it, and
         the others find it built instead of racing to write the same file.
 
-        After each turn the ranks agree on whether it failed (a barrier as well): if the work raised on any
-        rank (a bad corpus, say), every rank stops there, instead of the others waiting for a rank that left.
+        After each turn the ranks settle whether it failed (a barrier as well): if the work raised on any rank
+        (a bad corpus, say), every rank stops there, instead of the others waiting for a rank that left.
         """
         if not self.enabled:
             return work()
@@ -121,14 +121,22 @@ class Distributed:
             if mine:
                 try:
                     result = work()
-                except BaseException as exc:  # re-raised below, once the other ranks know
+                except BaseException as exc:  # re-raised by settle, once the other ranks know
                     error = exc
-            _, failed = self.agree(0.0, error is not None)
-            if error is not None:
-                raise error
-            if failed:
-                raise PeerFailedError("another process failed while preparing the corpus (it says why)")
+            self.settle(error, "preparing the corpus")
         return result  # type: ignore[return-value]
+
+    def settle(self, error: BaseException | None, doing: str) -> None:
+        """After work only some ranks did (or that may fail on some ranks only): all ranks learn whether it
+        failed anywhere, and all raise if it did: the failed rank its own error, the others PeerFailedError.
+        A barrier as well. Single process: raises `error` if there is one."""
+        failed = error is not None
+        if self.enabled:
+            _, failed = self.agree(0.0, failed)
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerFailedError(f"another process failed while {doing} (it says why)")
 
     def barrier(self) -> None:
         if self.enabled:

@@ -424,12 +424,16 @@ class Trainer:
                 f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
             )
         payload = self.checkpoint_payload()
-        if not self.dist.is_main:
-            return
-        ckpt.save_checkpoint(payload, self.run_dir / ckpt.LATEST)
-        if best:
-            ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
-        ckpt.write_json(self.run_dir / ckpt.RUN_JSON, self.run_summary())
+        error = None
+        if self.dist.is_main:
+            try:
+                ckpt.save_checkpoint(payload, self.run_dir / ckpt.LATEST)
+                if best:
+                    ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
+                ckpt.write_json(self.run_dir / ckpt.RUN_JSON, self.run_summary())
+            except BaseException as exc:  # a full disk, say: every rank stops, not only rank 0
+                error = exc
+        self.dist.settle(error, "saving a checkpoint")
 
     def corpus_summary(self) -> dict[str, Any]:
         """Where the corpus came from, how to load it again, and its size in characters and records."""

@@ -210,39 +210,49 @@ def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, c
     assert ckpt.load_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 2
 
 
-def _rank_with_a_bad_corpus(rank: int, port: int, corpus_path: Path, run: Path, errors: Path) -> None:
-    """A rank whose corpus preparation fails on rank 0 only (as a corpus found bad by the first reader)."""
+def _rank_that_fails_on_rank_0(rank: int, port: int, corpus_path: Path, run: Path, errors: Path, where: str) -> None:
+    """A rank whose corpus scan (`where` = "corpus") or first checkpoint save ("save") fails on rank 0 only,
+    as a corpus found bad by the first reader, or a full disk where rank 0 writes."""
     from charlstm import data
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    if rank == 0:
-        def broken(*args, **kwargs):
+    if rank == 0 and where == "corpus":
+        def bad_corpus(*args, **kwargs):
             raise CharlstmError("corpus is empty: bad.txt")
 
-        data.scan_corpus = broken
+        data.scan_corpus = bad_corpus
+    if rank == 0 and where == "save":
+        def full_disk(*args, **kwargs):
+            raise CharlstmError("could not save latest.pt: the disk is full; the previous file is unchanged")
+
+        ckpt.save_checkpoint = full_disk
     try:
         train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
     except CharlstmError as exc:
         (errors / f"rank{rank}").write_text(str(exc))
 
 
-def test_a_rank_failing_to_prepare_the_corpus_stops_every_rank(tmp_path, corpus_path, monkeypatch):
-    """Rank 1 waits for rank 0's corpus; when rank 0 fails, rank 1 must stop too, not wait on a barrier."""
+@pytest.mark.parametrize("where,doing,message", [
+    ("corpus", "preparing the corpus", "corpus is empty: bad.txt"),
+    ("save", "saving a checkpoint", "could not save latest.pt: the disk is full; the previous file is unchanged"),
+])  # fmt: skip
+def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path, corpus_path, monkeypatch, where, doing, message):
+    """Rank 1 waits for rank 0 (its corpus, its save); when rank 0 fails, rank 1 must stop too, not hang."""
     errors = tmp_path / "errors"
     errors.mkdir()
     for key, value in child_env().items():
         monkeypatch.setenv(key, value)
     started = time.monotonic()
-    ranks = mp.start_processes(_rank_with_a_bad_corpus, args=(_free_port(), corpus_path, tmp_path / "run", errors),
+    ranks = mp.start_processes(_rank_that_fails_on_rank_0, args=(_free_port(), corpus_path, tmp_path / "run", errors, where),
                                nprocs=2, start_method="spawn", join=False)  # fmt: skip
     while not ranks.join(timeout=1):
         if time.monotonic() - started > 120:
             for process in ranks.processes:
                 process.kill()
             pytest.fail("rank 1 kept waiting after rank 0 failed")
-    assert (errors / "rank0").read_text() == "corpus is empty: bad.txt"
-    assert (errors / "rank1").read_text() == "another process failed while preparing the corpus (it says why)"
+    assert (errors / "rank0").read_text() == message
+    assert (errors / "rank1").read_text() == f"another process failed while {doing} (it says why)"
 
 
 def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, single_run):
