@@ -9,6 +9,7 @@ the averaged gradient is exactly the single-process gradient of the mean loss ov
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -177,10 +178,26 @@ def teardown(dist: Distributed) -> None:
     """Wait for every rank (rank 0 may still be writing its last checkpoint), then leave the group."""
     if dist.enabled and torch_dist.is_initialized():
         dist.barrier()
-        torch_dist.destroy_process_group()
+        _destroy_group()
 
 
 def abandon() -> None:
     """Leave the process group at once, after an error (no barrier: another rank may have gone already)."""
     if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        _destroy_group()
+
+
+GLOO_SETTLE_SECONDS = 0.2
+
+
+def _destroy_group() -> None:
+    """destroy_process_group, after giving gloo's worker threads a moment without the GIL.
+
+    A gloo worker frees each finished collective (its tensors, whose Python objects need the GIL) just after
+    the caller's wait returns. If the group is destroyed first, its destructor joins that worker while
+    holding the GIL, and the two wait on each other for ever (seen: 1 run in about 30 of a 2-process test
+    hung there, in ~ProcessGroupGloo -> std::thread::join / ~AsyncWork -> gil_scoped_acquire). Sleeping
+    releases the GIL so the worker can finish; callers also drop the DDP wrapper first, so that the group is
+    not destroyed later from the Reducer's destructor."""
+    time.sleep(GLOO_SETTLE_SECONDS)
+    torch_dist.destroy_process_group()

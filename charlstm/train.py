@@ -675,6 +675,7 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train (or resume) a run. Under `torchrun` with several processes, every rank calls this."""
+    trainer = None
     try:
         trainer = Trainer(corpus, model_config, train_config, run_dir, resume_from, explicit, log)
         result = trainer.train(should_stop=should_stop, show_progress=show_progress)
@@ -682,7 +683,10 @@ def train(
         # leave the group without waiting: the other ranks may never arrive (torchrun stops them); a process
         # that exits with its group alive can abort in gloo's threads ("terminate called without an active
         # exception") instead of printing its one-line error
+        if trainer is not None:
+            trainer.forward_model = None  # the DDP wrapper: not the last holder of the group (see _destroy_group)
         distributed.abandon()
         raise
+    trainer.forward_model = None
     distributed.teardown(trainer.dist)
     return result
