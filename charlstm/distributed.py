@@ -195,7 +195,7 @@ def _destroy_group() -> None:
 
     A gloo worker frees each finished collective (its tensors, whose Python objects need the GIL) just after
     the caller's wait returns. If the group is destroyed first, its destructor joins that worker while
-    holding the GIL, and the two wait on each other for ever (seen: 1 run in about 30 of a 2-process test
+    holding the GIL, and the two wait on each other for ever (seen: 2 runs in about 27 of a 2-process test
     hung there, in ~ProcessGroupGloo -> std::thread::join / ~AsyncWork -> gil_scoped_acquire). Sleeping
     releases the GIL so the worker can finish; callers also drop the DDP wrapper first, so that the group is
     not destroyed later from the Reducer's destructor."""
