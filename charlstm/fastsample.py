@@ -37,9 +37,14 @@ class TorchStepper:
         self.device = next(model.parameters()).device
         self.state: State | None = None
 
-    def start(self, x: torch.Tensor) -> torch.Tensor:
-        """Feed the start text (N, P); returns the next-character logits (N, V)."""
-        logits, self.state = self.model(x.to(self.device), None)
+    def start(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        """Feed the start text (N, P) from `state` (None: zeros); returns the next-character logits (N, V).
+
+        Every stepper starts through this one call (nn.LSTM/GRU/RNN over the whole start text), so a start
+        state gives the same logits and state on every path."""
+        if state is not None:
+            state = tuple(s.to(self.device) for s in state) if isinstance(state, tuple) else state.to(self.device)
+        logits, self.state = self.model(x.to(self.device), state)
         return logits[:, -1]
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -50,9 +55,12 @@ class TorchStepper:
     def draw(self, logits: torch.Tensor, uniforms: torch.Tensor, config) -> torch.Tensor:
         return draw_ids(logits, uniforms, config.temperature, config.top_k, config.top_p)
 
-    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
-        """Rows of next ids, `config.length` of them; the state advances only when the next row is asked for."""
-        logits = self.start(x)
+    def sample_ids(
+        self, x: torch.Tensor, config, rng: torch.Generator, state: State | None = None
+    ) -> Iterator[list[int]]:
+        """Rows of next ids, `config.length` of them, after feeding `x` from `state` (None: zeros); the state
+        advances only when the next row is asked for."""
+        logits = self.start(x, state)
         for chunk in uniform_chunks(rng, x.size(0), config.length):
             for uniforms in self._rows(chunk):
                 ids = self.draw(logits, uniforms, config)
@@ -66,14 +74,16 @@ class TorchStepper:
 class _NumpyStepper(TorchStepper):
     """What the NumPy CPU steppers share: logits as arrays, the NumPy twin of the draw, torch on one thread."""
 
-    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
+    def sample_ids(
+        self, x: torch.Tensor, config, rng: torch.Generator, state: State | None = None
+    ) -> Iterator[list[int]]:
         """As the plain path, with torch held to one thread meanwhile: the matmuls are OpenBLAS's (its own
         threads), and torch's OpenMP workers woken for a sigmoid or exp in between fight them for the cores
         (measured on 2 cores: a 2 x 128 step at batch 256 went from 1.6 ms to 17 ms)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            yield from super().sample_ids(x, config, rng)
+            yield from super().sample_ids(x, config, rng, state)
         finally:
             torch.set_num_threads(threads)
 
@@ -122,8 +132,8 @@ class NumpyLSTMStepper(_NumpyStepper):
         self.first_matmul = _matmul(first.input, first.weight, first.gates)  # (N, H) @ (H, 4H): recurrent part
         self.operations = self._operations()
 
-    def start(self, x: torch.Tensor) -> np.ndarray:
-        logits = super().start(x)  # the start text goes through nn.LSTM in one call
+    def start(self, x: torch.Tensor, state: State | None = None) -> np.ndarray:
+        logits = super().start(x, state)  # the start text goes through nn.LSTM in one call
         h, c = self.state
         for layer, h_l, c_l in zip(self.layers, h, c):
             layer.h[:] = h_l.float().cpu().numpy()
@@ -292,8 +302,8 @@ class NumpyGRURNNStepper(_NumpyStepper):
         ops += [(np.add, (self.logits, self.head_bias, self.logits))]
         self.operations = ops
 
-    def start(self, x: torch.Tensor) -> np.ndarray:
-        logits = super().start(x)  # the start text goes through nn.GRU / nn.RNN in one call
+    def start(self, x: torch.Tensor, state: State | None = None) -> np.ndarray:
+        logits = super().start(x, state)  # the start text goes through nn.GRU / nn.RNN in one call
         for layer, h in enumerate(self.state):
             self.h[layer][:] = h.float().cpu().numpy()
         self.state = None
@@ -320,11 +330,13 @@ class ChunkedTorchStepper(TorchStepper):
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graph = None
 
-    def sample_ids(self, x: torch.Tensor, config, rng: torch.Generator) -> Iterator[list[int]]:
+    def sample_ids(
+        self, x: torch.Tensor, config, rng: torch.Generator, state: State | None = None
+    ) -> Iterator[list[int]]:
         if config.length == 0:
             return
         n = x.size(0)
-        logits = self.start(x)
+        logits = self.start(x, state)
         chunks = uniform_chunks(rng, n, config.length, self.chunk)
         first = next(chunks)
         self.ids = self.draw(logits, first[0], config)  # (N,) on the device: the first character

@@ -15,7 +15,9 @@ from .data import Vocab
 from .draw import choose, filter_logits  # noqa: F401  (the draw rule; re-exported for callers of sample.py)
 from .errors import CharlstmError
 from .fastsample import make_stepper
-from .model import CharRNN
+from .model import CharRNN, State
+
+STARTS = ("auto", "states", "zeros")  # where a sample's state starts: see generate()
 
 
 @dataclass
@@ -37,14 +39,23 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     return LoadedModel(model=model, vocab=Vocab(vocab_chars), path=file, payload=payload)
 
 
-def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> Iterator[tuple[int, str]]:
+def generate(
+    loaded: LoadedModel, config: SampleConfig, fast: bool = True, start: str = "auto"
+) -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; `config.num_samples` samples run as one batch.
 
     A sample ends after `config.length` characters, when the model emits its end-of-record marker, or when
     one of `config.stop` appears (the stop text itself is not emitted). `fast=False` forces the plain
     per-character model call (the reference the fast steppers in fastsample.py reproduce).
+
+    On a record-trained model each sample is a record: it feeds the end-of-record marker (then the prime)
+    from a state. `start="auto"` takes one of the checkpoint's record start states (`payload["start_states"]`,
+    see starts.py) per sample, drawn from the seeded generator, when it has them, else zeros; "states"
+    insists on them; "zeros" is the zero state (how every sample started before start states existed).
     """
     config.validate()
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     model, vocab = loaded.model, loaded.vocab
     unknown = vocab.unknown(config.prime)
     if unknown:
@@ -55,22 +66,27 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = torch.Generator(device="cpu").manual_seed(seed)
     eor = vocab.end_of_record
+    # the state each sample reads the marker from: one of the states training had before a marker (drawn
+    # before any uniform, identically whatever the stepper), so that a record starts as it did in training
+    initial = _pick_start_states(loaded, n, rng) if eor is not None and start != "zeros" else None
+    if initial is None and start == "states":
+        raise CharlstmError(f"{loaded.path} has no record start states (a model without records, or an older checkpoint)")
 
     # what the model reads first: the prime (after a start-of-record marker, so that it starts a record),
     # else the marker or a newline alone (neither printed)
     prime_ids = vocab.encode(config.prime).tolist()
     if prime_ids:
-        start = ([eor] if eor is not None else []) + prime_ids
+        feed = ([eor] if eor is not None else []) + prime_ids
         for i in range(n):
             yield i, config.prime
     elif eor is not None:
-        start = [eor]
+        feed = [eor]
     elif "\n" in vocab.index:
-        start = [vocab.index["\n"]]
+        feed = [vocab.index["\n"]]
     else:
-        start = [int(torch.randint(len(vocab), (1,), generator=rng))]
+        feed = [int(torch.randint(len(vocab), (1,), generator=rng))]
         for i in range(n):
-            yield i, vocab.chars[start[0]]
+            yield i, vocab.chars[feed[0]]
 
     stops = [s for s in config.stop if s]
     hold = max((len(s) for s in stops), default=1) - 1  # characters held back while a stop may be forming
@@ -80,8 +96,8 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
 
     with torch.inference_mode():
         stepper = make_stepper(model, n, fast=fast)
-        x = torch.tensor([start] * n, dtype=torch.long)  # (N, P)
-        for ids in stepper.sample_ids(x, config, rng):  # config.length rows of N ids
+        x = torch.tensor([feed] * n, dtype=torch.long)  # (N, P)
+        for ids in stepper.sample_ids(x, config, rng, state=initial):  # config.length rows of N ids
             for i, token in enumerate(ids):
                 if not alive[i]:
                     continue
@@ -111,6 +127,22 @@ def generate(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> It
             yield i, pending[i]
 
 
+def _pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> State | None:
+    """One of the checkpoint's record start states per sample, (layers, N, H) each; None without them."""
+    stored = loaded.payload.get("start_states")
+    if not stored:
+        return None
+    config = loaded.model.config
+    count = stored[0].size(1)  # K
+    expected = [(config.layers, count, config.hidden)] * (2 if config.cell == "lstm" else 1)
+    if [tuple(t.shape) for t in stored] != expected or count < 1:  # the loader checks this too; never a traceback
+        raise CharlstmError(f"{loaded.path}: its start states have shapes {[tuple(t.shape) for t in stored]}, "
+                            f"the model needs {expected}")  # fmt: skip
+    choice = torch.randint(count, (n,), generator=rng)  # (N,): which stored state each sample starts from
+    picked = [t.float()[:, choice].contiguous() for t in stored]  # (layers, N, H) each
+    return (picked[0], picked[1]) if config.cell == "lstm" else picked[0]
+
+
 def _find_stop(text: str, stops: list[str]) -> int | None:
     """Where the first stop string that ends at the text's end begins, if any."""
     for stop in stops:
@@ -119,9 +151,9 @@ def _find_stop(text: str, stops: list[str]) -> int | None:
     return None
 
 
-def sample_text(loaded: LoadedModel, config: SampleConfig, fast: bool = True) -> list[str]:
-    """All samples, whole."""
+def sample_text(loaded: LoadedModel, config: SampleConfig, fast: bool = True, start: str = "auto") -> list[str]:
+    """All samples, whole (`start`: see generate)."""
     out = [""] * config.num_samples
-    for i, piece in generate(loaded, config, fast=fast):
+    for i, piece in generate(loaded, config, fast=fast, start=start):
         out[i] += piece
     return out

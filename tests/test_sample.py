@@ -73,7 +73,7 @@ class ScriptedStepper:
     def __init__(self, rows):
         self.rows = rows
 
-    def sample_ids(self, x, config, rng):
+    def sample_ids(self, x, config, rng, state=None):
         yield from self.rows[: config.length]
 
 
