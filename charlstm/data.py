@@ -17,6 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -663,7 +664,10 @@ class TokenData:
         }
 
 
-CACHE_STEM = "corpus"  # <run dir>/corpus.<dtype>.bin and corpus.json
+CACHE_STEM = "corpus"  # <run dir>/corpus.<dtype>.bin, corpus.json and (records) corpus.record-lengths.npy
+CACHE_DTYPES = ("uint8", "uint16", "uint32")
+CACHE_META_MAX_BYTES = 64 << 20  # corpus.json of the largest vocabulary (all of Unicode, escaped) is far smaller
+MAX_ID_CHUNK = 16 << 20  # ids checked at a time when a reused cache is scanned for ids beyond the vocabulary
 
 
 def prepare_tokens(
@@ -681,60 +685,63 @@ def prepare_tokens(
     files larger than `cache_over` bytes in all are encoded once into `<cache_dir>/corpus.<dtype>.bin`, reused
     while the files and the vocabulary are unchanged, and memory-mapped when larger than `in_memory_limit`
     bytes (else loaded). A smaller corpus is encoded in memory each time (a few seconds at most).
+
+    A cache is checked before it is reused (its description, sizes, record lengths, and that no id lies
+    beyond the vocabulary, which would index out of range in the model); a damaged one is encoded again from
+    the sources, with a note.
     """
     in_memory_limit = IN_MEMORY_TOKENS if in_memory_limit is None else in_memory_limit
     cache_over = CACHE_OVER_BYTES if cache_over is None else cache_over
     use_cache = cache_dir is not None and bool(corpus.files) and corpus.num_bytes() > cache_over
-    fingerprint = corpus.fingerprint() if use_cache else None
     notes: list[str] = []
-    meta = _read_cache_meta(Path(cache_dir), fingerprint, vocab) if use_cache else None
-    if meta is None:
-        started = time.perf_counter()
-        scan = scan_corpus(corpus, chunk)
-        if scan.chars == 0:
-            raise CharlstmError(f"corpus is empty: {', '.join(corpus.sources) or corpus.name}")
-        vocab = _vocab_for(scan, corpus.is_records, vocab)
-        dtype = token_dtype(len(vocab))
-        if use_cache:
-            path = Path(cache_dir) / f"{CACHE_STEM}.{dtype.name}.bin"
-            for stale in Path(cache_dir).glob(f"{CACHE_STEM}.*.bin"):
-                stale.unlink()
-            atomic_write(path, lambda handle: encode_corpus(corpus, vocab, handle.write, chunk))
-            meta = {
-                "fingerprint": fingerprint, "vocab": vocab.chars, "dtype": dtype.name, "tokens": scan.tokens,
-                "chars": scan.chars, "records": corpus.is_records, "file": path.name,
-            }  # fmt: skip
-            if corpus.is_records:
-                np.save(Path(cache_dir) / f"{CACHE_STEM}.record-lengths.npy", scan.record_lengths)
-            write_json(Path(cache_dir) / f"{CACHE_STEM}.json", meta)
-            seconds = encode_seconds = time.perf_counter() - started
-            megabytes = corpus.num_bytes() / 1e6
-            notes.append(f"encoded the corpus ({megabytes:,.1f} MB, {megabytes / seconds:,.0f} MB/s) into {path}")
-        else:
-            ids = np.empty(scan.tokens, dtype=dtype)
-            filled = 0
+    if use_cache:
+        cache_dir = Path(cache_dir)
+        fingerprint = corpus.fingerprint()
+        meta, problem = _read_cache_meta(cache_dir, fingerprint, vocab, corpus.is_records)
+        if meta is not None:
+            data, problem = _load_cache(cache_dir, meta, val_frac, in_memory_limit, check_ids=True)
+            if data is not None:
+                data.notes = [f"reusing the encoded corpus {data.cache} (sources unchanged)"]
+                return data
+        if problem:
+            notes.append(f"the encoded corpus in {cache_dir} is damaged ({problem}); encoding it again from the sources")
+    started = time.perf_counter()
+    scan = scan_corpus(corpus, chunk)
+    if scan.chars == 0:
+        raise CharlstmError(f"corpus is empty: {', '.join(corpus.sources) or corpus.name}")
+    vocab = _vocab_for(scan, corpus.is_records, vocab)
+    dtype = token_dtype(len(vocab))
+    lengths = scan.record_lengths if corpus.is_records else None
+    if not use_cache:
+        ids = np.empty(scan.tokens, dtype=dtype)
+        filled = 0
 
-            def fill(part: np.ndarray) -> None:
-                nonlocal filled
-                ids[filled : filled + len(part)] = part
-                filled += len(part)
+        def fill(part: np.ndarray) -> None:
+            nonlocal filled
+            ids[filled : filled + len(part)] = part
+            filled += len(part)
 
-            encode_corpus(corpus, vocab, fill, chunk)
-            data = _token_data(vocab, ids, scan.chars, scan.record_lengths if corpus.is_records else None, val_frac)
-            data.encode_seconds = time.perf_counter() - started
-            return data
-    else:
-        encode_seconds = None
-        notes.append(f"reusing the encoded corpus {Path(cache_dir) / meta['file']} (sources unchanged)")
-    vocab = Vocab(meta["vocab"])
-    path = Path(cache_dir) / meta["file"]
-    if path.stat().st_size <= in_memory_limit:
-        ids = np.fromfile(path, dtype=meta["dtype"])
-    else:
-        ids = np.memmap(path, dtype=meta["dtype"], mode="r")
-    lengths = np.load(Path(cache_dir) / f"{CACHE_STEM}.record-lengths.npy") if meta["records"] else None
-    data = _token_data(vocab, ids, meta["chars"], lengths, val_frac)
-    data.cache, data.notes, data.encode_seconds = path, notes, encode_seconds
+        encode_corpus(corpus, vocab, fill, chunk)
+        data = _token_data(vocab, ids, scan.chars, lengths, val_frac)
+        data.encode_seconds = time.perf_counter() - started
+        return data
+    path = cache_dir / f"{CACHE_STEM}.{dtype.name}.bin"
+    _remove_cache(cache_dir)  # corpus.json first: a build cut short leaves no description of a partial cache
+    atomic_write(path, lambda handle: encode_corpus(corpus, vocab, handle.write, chunk))
+    if lengths is not None:
+        atomic_write(cache_dir / f"{CACHE_STEM}.record-lengths.npy", lambda handle: np.save(handle, lengths, allow_pickle=False))
+    meta = {
+        "fingerprint": fingerprint, "vocab": vocab.chars, "dtype": dtype.name, "tokens": scan.tokens,
+        "chars": scan.chars, "records": corpus.is_records, "file": path.name,
+    }  # fmt: skip
+    write_json(cache_dir / f"{CACHE_STEM}.json", meta)  # last: it makes the cache valid
+    encode_seconds = time.perf_counter() - started
+    megabytes = corpus.num_bytes() / 1e6
+    notes.append(f"encoded the corpus ({megabytes:,.1f} MB, {megabytes / encode_seconds:,.0f} MB/s) into {path}")
+    data, problem = _load_cache(cache_dir, meta, val_frac, in_memory_limit, check_ids=False, lengths=lengths)
+    if data is None:  # only if something else changed the files in the meantime
+        raise CharlstmError(f"the encoded corpus in {cache_dir} changed while it was being written ({problem})")
+    data.notes, data.encode_seconds = notes, encode_seconds
     return data
 
 
@@ -761,20 +768,167 @@ def _vocab_for(scan: CorpusScan, records: bool, vocab: Vocab | None) -> Vocab:
     return vocab
 
 
-def _read_cache_meta(cache_dir: Path, fingerprint: str | None, vocab: Vocab | None) -> dict | None:
-    """The cache's description when it was built from these very sources (and this vocabulary), else None."""
+def _read_cache_meta(
+    cache_dir: Path, fingerprint: str | None, vocab: Vocab | None, records: bool | None = None
+) -> tuple[dict | None, str | None]:
+    """(the cache's description, None) when it was built from these very sources (and this vocabulary);
+    (None, None) when there is none or it is stale (the sources or the vocabulary changed: an ordinary
+    rebuild); (None, what is wrong) when its files are damaged or tampered with. Reads no ids."""
+    meta_path = cache_dir / f"{CACHE_STEM}.json"
     try:
-        meta = json.loads((cache_dir / f"{CACHE_STEM}.json").read_text())
-        path = cache_dir / meta["file"]
-        fresh = (
-            meta["fingerprint"] == fingerprint
-            and path.stat().st_size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
-            and (vocab is None or meta["vocab"] == vocab.chars)
-            and (not meta["records"] or (cache_dir / f"{CACHE_STEM}.record-lengths.npy").exists())
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return meta if fresh else None
+        if not meta_path.exists() and not meta_path.is_symlink():
+            return None, None
+        if not _is_plain_file(meta_path):
+            return None, f"{meta_path.name} is not a plain file"
+        if meta_path.stat().st_size > CACHE_META_MAX_BYTES:
+            return None, f"{meta_path.name} is too large"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+        return None, f"{meta_path.name}: {reason}"
+    problem = _meta_problem(meta, records)
+    if problem:
+        return None, f"{meta_path.name}: {problem}"
+    if meta["fingerprint"] != fingerprint or (vocab is not None and meta["vocab"] != vocab.chars):
+        return None, None
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    problem = _file_problem(cache_dir / meta["file"], meta["tokens"] * itemsize)
+    if problem:
+        return None, problem
+    if meta["records"]:
+        problem = _file_problem(cache_dir / f"{CACHE_STEM}.record-lengths.npy")
+        if problem:
+            return None, problem
+    return meta, None
+
+
+def _meta_problem(meta: Any, records: bool | None) -> str | None:
+    """What is wrong with the shape of corpus.json (written by `prepare_tokens`, but anyone may have edited it)."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    kinds = {"fingerprint": str, "vocab": list, "dtype": str, "tokens": int, "chars": int, "records": bool, "file": str}
+    for key, kind in kinds.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    chars = meta["vocab"]
+    if not chars or not all(isinstance(c, str) and len(c) <= 1 for c in chars):
+        return "'vocab' is not a list of single characters"
+    marker = [Vocab.END_OF_RECORD] if meta["records"] else []
+    if chars != marker + sorted(set(chars) - {Vocab.END_OF_RECORD}):
+        return "'vocab' is not the sorted distinct characters (and the end-of-record marker) it is built as"
+    if meta["dtype"] not in CACHE_DTYPES or meta["dtype"] != token_dtype(len(chars)).name:
+        return f"'dtype' {_short(meta['dtype'])} is not the id type of a {len(chars)}-character vocabulary"
+    if meta["file"] != f"{CACHE_STEM}.{meta['dtype']}.bin":  # never a path of its own: nothing outside the run
+        return f"'file' {_short(meta['file'])} is not {CACHE_STEM}.{meta['dtype']}.bin"
+    if meta["chars"] < 1 or meta["tokens"] < meta["chars"] or (not meta["records"] and meta["tokens"] != meta["chars"]):
+        return f"'tokens' ({meta['tokens']}) and 'chars' ({meta['chars']}) do not agree"
+    if records is not None and meta["records"] != records:
+        return "'records' does not match the corpus"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _is_plain_file(path: Path) -> bool:
+    """A regular file, not a link (the cache never writes links: one could point anywhere)."""
+    try:
+        return S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _file_problem(path: Path, size: int | None = None) -> str | None:
+    """Why a cache file cannot be used (missing, a link or not a file, not `size` bytes), or None."""
+    if not path.exists() and not path.is_symlink():
+        return f"{path.name} is missing"
+    if not _is_plain_file(path):
+        return f"{path.name} is not a plain file"
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"{path.name} holds {actual:,} bytes where corpus.json says {size:,}"
+    return None
+
+
+def _load_cache(
+    cache_dir: Path,
+    meta: dict,
+    val_frac: float,
+    in_memory_limit: int,
+    check_ids: bool,
+    lengths: np.ndarray | None = None,
+) -> tuple[TokenData | None, str | None]:
+    """The cached ids (loaded, or memory-mapped above `in_memory_limit` bytes) split into TokenData, or (None,
+    what is wrong). `check_ids`: scan every id once for one beyond the vocabulary (a cache written by
+    `prepare_tokens` has none; a tampered one would index out of range in the model's embedding)."""
+    vocab = Vocab(meta["vocab"])
+    path = cache_dir / meta["file"]
+    try:
+        if path.stat().st_size <= in_memory_limit:
+            ids = np.fromfile(path, dtype=meta["dtype"])
+        else:
+            ids = np.memmap(path, dtype=meta["dtype"], mode="r")
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path.name}: {getattr(exc, 'strerror', None) or exc}"
+    if len(ids) != meta["tokens"]:
+        return None, f"{path.name} holds {len(ids):,} ids where corpus.json says {meta['tokens']:,}"
+    if check_ids and len(vocab) <= np.iinfo(ids.dtype).max:  # else every value of the type is an id
+        top = _max_id(ids)
+        if top >= len(vocab):
+            return None, f"{path.name} holds id {top}, beyond the {len(vocab)}-character vocabulary"
+    if meta["records"] and lengths is None:
+        lengths, problem = _load_record_lengths(cache_dir / f"{CACHE_STEM}.record-lengths.npy", meta)
+        if problem:
+            return None, problem
+    data = _token_data(vocab, ids, meta["chars"], lengths if meta["records"] else None, val_frac)
+    data.cache = path
+    return data, None
+
+
+def _max_id(ids: np.ndarray) -> int:
+    """The largest id, a slice at a time (a memory-mapped corpus is read through once, never copied whole)."""
+    top = 0
+    for start in range(0, len(ids), MAX_ID_CHUNK):
+        top = max(top, int(ids[start : start + MAX_ID_CHUNK].max()))
+    return top
+
+
+def _load_record_lengths(path: Path, meta: dict) -> tuple[np.ndarray | None, str | None]:
+    """The record lengths, or (None, what is wrong): a 1-D integer array (no pickles) with one positive length
+    per end-of-record id (tokens - chars of them), summing to `chars`."""
+    try:
+        # memory-mapped first: a header claiming more than the file holds fails here instead of allocating it
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        return None, f"{path.name} is not a readable array ({getattr(exc, 'strerror', None) or exc})"
+    records, chars = meta["tokens"] - meta["chars"], meta["chars"]
+    if not isinstance(mapped, np.ndarray) or mapped.ndim != 1 or mapped.dtype.kind not in "iu":
+        return None, f"{path.name} is not a 1-D array of integers"
+    if len(mapped) != records:
+        return None, f"{path.name} holds {len(mapped):,} lengths where corpus.json says {records:,} records"
+    if records and (int(mapped.min()) < 1 or int(mapped.max()) > chars):
+        return None, f"{path.name} holds a length outside 1..{chars:,}"
+    lengths = np.array(mapped, dtype=np.int64)  # each <= chars, so the sum cannot overflow
+    del mapped
+    if int(lengths.sum()) != chars:
+        return None, f"{path.name}: the lengths sum to {int(lengths.sum()):,} where corpus.json says {chars:,} characters"
+    return lengths, None
+
+
+def _remove_cache(cache_dir: Path) -> None:
+    """Remove a cache before writing a new one, its description first (so no partial cache is ever described)."""
+    names = [f"{CACHE_STEM}.json", f"{CACHE_STEM}.record-lengths.npy"]
+    names += sorted(p.name for p in cache_dir.glob(f"{CACHE_STEM}.*.bin"))
+    for name in names:
+        try:
+            (cache_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CharlstmError(f"cannot rebuild the encoded corpus: cannot remove {cache_dir / name}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- streams
