@@ -156,3 +156,22 @@ def test_stepper_choice():
     assert isinstance(make_stepper(random_model(cell="gru").model, 1), NumpyGRURNNStepper)
     assert isinstance(make_stepper(random_model(cell="rnn").model, 64), NumpyGRURNNStepper)
     assert isinstance(make_stepper(random_model().model, 64), NumpyLSTMStepper)
+
+
+@pytest.mark.parametrize("cell,layers", [("lstm", 2), ("lstm", 3), ("gru", 2), ("rnn", 1)])
+def test_fast_text_equals_plain_text_from_record_start_states(cell, layers):
+    """A record model whose checkpoint holds start states: each sample reads the marker from one of them.
+    Batches of 1, 3, 6 and 20 take each LSTM step variant (tanh cell by rows, by gemm; sigmoid cell)."""
+    from charlstm.starts import record_start_states
+
+    loaded = random_model(cell=cell, layers=layers, seed=layers + 20, chars=[END_OF_RECORD, *CHARS])
+    with torch.no_grad():
+        loaded.model.head.bias[0] -= 2.0  # end-of-record: rare enough that most samples run long
+    ids = np.random.default_rng(layers).integers(0, len(CHARS) + 1, size=4000).astype(np.uint8)  # id 0: markers
+    loaded.payload["start_states"] = record_start_states(loaded.model, ids, 0, k=32, context=64)
+    for extra in [dict(seed=1), dict(seed=2, prime="the cat"), dict(seed=3, num_samples=3, top_k=8),
+                  dict(seed=4, num_samples=6, prime="a", stop=["."]), dict(seed=5, num_samples=20, top_p=0.9)]:  # fmt: skip
+        config = SampleConfig(length=150, **extra)
+        fast = sample_text(loaded, config)
+        assert fast == sample_text(loaded, config, fast=False), extra
+        assert fast != sample_text(loaded, config, start="zeros"), extra  # the start states are in use
