@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import safeload
 from .errors import CharlstmError
 
 FORMAT = "charlstm"
@@ -125,42 +124,75 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, never code."""
-    path = Path(path)
+    """Load a checkpoint that may come from anyone: no code runs, and memory and time are bounded by the file's
+    size (see safeload.py). The archive and every tensor are checked (stored entries, dense tensors that own
+    their bytes, bounded structure) and the format and version read, before any tensor's bytes are."""
+    return _load(Path(path), map_location, model=False)
+
+
+def load_model_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`load_checkpoint`, and before any tensor's bytes are read, everything a model is rebuilt, sampled or
+    resumed from: the configs (with bounds), the vocabulary, every weight's name, dtype and shape against the
+    stored config, and the optimizer, progress, hidden, rng, corpus and start_states entries when present;
+    after reading, that the weights and start states are finite. The one check every command goes through."""
+    return _load(Path(path), map_location, model=True)
+
+
+def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str, Any]:
     if not path.is_file():
         raise CharlstmError(f"checkpoint not found: {path}")
     corrupt = f"{path} is not a loadable checkpoint (corrupt, truncated, or another kind of file)"
+    unusable = f"{path} is not a usable charlstm checkpoint"
     try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
+        handle = open(path, "rb")
     except OSError as exc:
         raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
-        if path.suffix != ".pt" and _looks_like_text(path):
-            raise CharlstmError(f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})")
-        raise CharlstmError(corrupt)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():
+    with handle:  # one open file throughout: a checkpoint replaced meanwhile (atomic save) is not mixed in
+        try:
+            if handle.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+                if path.suffix != ".pt" and _looks_like_text(path):
+                    raise CharlstmError(
+                        f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})"
+                    )
+                raise CharlstmError(corrupt)
+            scanned = safeload.scan(handle)
+            payload = scanned.payload
+            if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+                raise CharlstmError(f"{path} is not a charlstm checkpoint")
+            version = payload.get("version")
+            if type(version) is not int or not 1 <= version <= VERSION:
+                shown = str(version)[:20] if type(version) is int else repr(str(version)[:20])
+                raise CharlstmError(
+                    f"{path} has checkpoint format version {shown}; this charlstm reads up to {VERSION} "
+                    f"(upgrade charlstm)"
+                )
+            missing = [k for k in REQUIRED_KEYS if k not in payload]
+            if missing:
+                raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
+            if model:
+                try:
+                    safeload.check_model_payload(scanned)
+                except CharlstmError as exc:
+                    raise CharlstmError(f"{unusable}: {exc}") from None
+            payload = scanned.materialize(map_location)
+            if model:
+                try:
+                    safeload.check_finite(payload)
+                except CharlstmError as exc:
+                    raise CharlstmError(f"{unusable}: {exc}") from None
+            return payload
+        except safeload.ForbiddenGlobal as exc:
             raise CharlstmError(
-                f"refusing to load {path}: it asks to import or call code "
-                f"(a checkpoint may hold only tensors and plain data)"
+                f"refusing to load {path}: {exc} (a checkpoint may hold only tensors and plain data)"
             ) from None
-        raise CharlstmError(corrupt) from None
-    except Exception:  # whatever a damaged archive makes torch raise
-        raise CharlstmError(corrupt) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CharlstmError(f"{path} is not a charlstm checkpoint")
-    version = payload.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CharlstmError(
-            f"{path} has checkpoint format version {version!r}; this charlstm reads up to {VERSION} (upgrade charlstm)"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
-    return payload
+        except safeload.CorruptCheckpoint as exc:
+            raise CharlstmError(f"{corrupt}: {exc}") from None
+        except OSError as exc:
+            raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except CharlstmError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise CharlstmError(f"{unusable}: {exc}") from None  # a bound of the walk
 
 
 def _looks_like_text(path: Path) -> bool:
@@ -172,50 +204,6 @@ def _looks_like_text(path: Path) -> bool:
     from .data import looks_binary  # here: data.py imports this module
 
     return bool(head) and b"\x00" not in head and not looks_binary(head)
-
-
-def load_model_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """`load_checkpoint`, then check that everything a model is rebuilt from is well formed and consistent:
-    the configs, the vocabulary, and every weight's name, shape and finiteness against the stored config
-    (checked on the meta device, so a config that claims a huge model allocates nothing)."""
-    payload = load_checkpoint(path, map_location)
-    try:
-        _check_model_payload(payload)
-    except CharlstmError as exc:
-        raise CharlstmError(f"{path} is not a usable charlstm checkpoint: {exc}") from None
-    return payload
-
-
-def _check_model_payload(payload: dict[str, Any]) -> None:
-    from .config import ModelConfig, TrainConfig, from_dict
-    from .model import CharRNN
-
-    vocab = payload["vocab"]
-    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) <= 1 for c in vocab):
-        raise CharlstmError("its vocabulary is not a list of single characters")
-    if len(set(vocab)) != len(vocab):
-        raise CharlstmError("its vocabulary repeats characters")
-    config = from_dict(ModelConfig, payload["model_config"])
-    config.validate()
-    if config.vocab_size != len(vocab):
-        raise CharlstmError(f"its config says vocab_size {config.vocab_size} but it stores {len(vocab)} characters")
-    from_dict(TrainConfig, payload.get("train_config", {})).validate()
-    weights = payload["model"]
-    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
-        raise CharlstmError("its weights are not a mapping of tensors")
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
-    if set(weights) != set(expected):
-        odd = sorted(set(weights) ^ set(expected))
-        raise CharlstmError(f"its weights do not match its config ({config.cell}, {config.layers} layer(s)): {', '.join(odd[:5])}")
-    for name, shape in expected.items():
-        if tuple(weights[name].shape) != shape:
-            raise CharlstmError(
-                f"weight {name} has shape {tuple(weights[name].shape)} but its config (hidden {config.hidden}, "
-                f"embed {config.embed}, vocabulary {config.vocab_size}) needs {shape}"
-            )
-        if not weights[name].is_floating_point() or not torch.isfinite(weights[name]).all():
-            raise CharlstmError(f"weight {name} is not finite floating-point numbers")
 
 
 # ------------------------------------------------------------------------------------------ locating
@@ -251,15 +239,24 @@ def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl. A line that is not a JSON object (the last one cut short by a kill, or a
+    damaged one), or whose step is not a number, is skipped: the rows are what the caller can rely on."""
     path = Path(run_dir) / METRICS
-    if not path.exists():
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut short by a crash, or damaged
+            continue
+        step = row.get("step", 0) if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            rows.append(row)
     return rows
 
 
@@ -271,18 +268,38 @@ def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
     path = Path(run_dir) / METRICS
     try:
-        with open(path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        with open(path, "ab") as handle:
+            # after a kill part-way through a line, start a new one: the row is not glued to the cut one
+            cut = handle.tell() > 0 and _last_byte(path) != b"\n"
+            handle.write((("\n" if cut else "") + json.dumps(row) + "\n").encode())
     except OSError as exc:  # a line cut short is skipped by read_metrics
         reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
         raise CharlstmError(f"could not write {path}: {reason}; the checkpoints are saved") from None
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+MAX_RUN_JSON_BYTES = 16 << 20  # run.json is a few KB; a larger one is not ours
+
+
 def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """run.json as a dict; anything else (missing, unreadable, damaged, not an object) is a CharlstmError the
+    caller can fall back from."""
     path = Path(run_dir) / RUN_JSON
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_RUN_JSON_BYTES:
+            raise CharlstmError(f"{path} is too large for a run.json ({path.stat().st_size} bytes)")
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise CharlstmError(f"{path} not found") from None
-    except json.JSONDecodeError:
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CharlstmError(f"{path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CharlstmError(f"{path} is not a JSON object")
+    return data
