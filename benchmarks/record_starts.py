@@ -1,0 +1,126 @@
+"""Record starts: do unprimed samples begin where the corpus's records begin? Zero state against start states.
+
+Trains through the CLI for a fixed time on the built-in code corpus (this Python's stdlib, one record per
+file) and on ../shared/data/tweets.csv --field Text (skipped if absent), then draws unprimed samples from the
+same checkpoint twice: from a zero state (before: how sampling started until start states) and from the
+checkpoint's record start states (after). Compares the distribution of the samples' first characters with
+that of the records of the training split (read through charlstm's own corpus code and the checkpoint's
+vocabulary, so exactly what the model was trained on): total variation distance (0 = the same distribution,
+1 = disjoint), next to the distance a sample of as many real records gets (sampling noise), and the top first
+characters of each. A sample that ends at once (the model emits the marker first) counts as first character
+"(empty)", which no record has. If the checkpoint has no start states (a trainer that does not store them
+yet), they are computed here from the run's training split with `record_start_states`, and the output says so.
+
+    .venv/bin/python benchmarks/record_starts.py [--time 180] [--samples 100] [--temp 1.0]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
+from charlstm.data import Corpus, Vocab, default_corpus, load_corpus, prepare_tokens  # noqa: E402
+from charlstm.sample import LoadedModel, load_model, sample_text  # noqa: E402
+from charlstm.starts import record_start_states  # noqa: E402
+from common import record_parser, train_for  # noqa: E402
+
+TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
+EMPTY = "(empty)"  # a sample whose first token is the end-of-record marker
+TOP = 6
+
+
+def record_first_chars(corpus: Corpus, loaded: LoadedModel, val_frac: float) -> tuple[list[str], np.ndarray]:
+    """The first character of every record of the training split, and the split itself (ids), encoded as the
+    trainer encodes it (the checkpoint's vocabulary, the run's --val-frac, the split on a record boundary)."""
+    data = prepare_tokens(corpus, val_frac, vocab=Vocab(loaded.vocab.chars))
+    train = np.asarray(data.train)
+    eor = data.vocab.end_of_record
+    starts = np.concatenate([[0], np.flatnonzero(train[:-1] == eor) + 1])  # a record follows each marker
+    return [data.vocab.chars[i] for i in train[starts].tolist()], train
+
+
+def distribution(firsts: list[str]) -> dict[str, float]:
+    counts = Counter(firsts)
+    return {c: n / len(firsts) for c, n in counts.items()}
+
+
+def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
+    return 0.5 * sum(abs(p.get(c, 0.0) - q.get(c, 0.0)) for c in set(p) | set(q))
+
+
+def top(p: dict[str, float]) -> str:
+    return " ".join(f"{c!r} {share:.0%}" for c, share in sorted(p.items(), key=lambda kv: -kv[1])[:TOP])
+
+
+def compare(name: str, corpus: Corpus, run: dict, out: Path, args) -> dict:
+    loaded = load_model(out)
+    real, train_ids = record_first_chars(corpus, loaded, run["train_config"]["val_frac"])
+    states = loaded.payload.get("start_states")
+    source = "stored in the checkpoint by the trainer"
+    if states is None:
+        started = time.perf_counter()
+        loaded.payload["start_states"] = record_start_states(loaded.model, train_ids, loaded.vocab.end_of_record)
+        source = f"NOT in the checkpoint: computed here from the training split ({time.perf_counter() - started:.2f} s)"
+    config = SampleConfig(length=args.max_length, temperature=args.temp, num_samples=args.samples, seed=0)
+    firsts = {}
+    for start in ("zeros", "states"):
+        samples = sample_text(loaded, config, start=start)
+        firsts[start] = [s[0] if s else EMPTY for s in samples]
+        print(f"{name}, {start}: first samples {[s[:20] for s in samples[:4]]}")
+    corpus_p = distribution(real)
+    noise = total_variation(distribution(random.Random(0).choices(real, k=args.samples)), corpus_p)
+    return {
+        "name": name, "records": len(real), "source": source, "corpus": corpus_p, "noise": noise,
+        "before": distribution(firsts["zeros"]), "after": distribution(firsts["states"]),
+        "val_loss": run["best_val_loss"], "step": run["step"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = record_parser(__doc__, "record-starts", samples=100, temp=1.0, max_length=20,
+                           cap_help="characters per sample (only the first one is compared)")  # fmt: skip
+    parser.set_defaults(time=180.0)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    results = []
+    out = args.out / "code"
+    run = train_for(args.time, out, ["--device", "cpu"], args.extra)  # no corpus: the built-in one
+    results.append(compare("code (stdlib files)", default_corpus(), run, out, args))
+    if TWEETS.exists():
+        out = args.out / "tweets"
+        run = train_for(args.time, out, [str(TWEETS), "--field", "Text", "--device", "cpu"], args.extra)
+        tweets = load_corpus(CorpusConfig(paths=[str(TWEETS)], text_field="Text"))
+        results.append(compare("tweets", tweets, run, out, args))
+    else:
+        print(f"{TWEETS} not found (the shared reference data): tweets skipped")
+
+    print()
+    print(f"First characters of {args.samples} unprimed samples at temperature {args.temp:g} against those of the "
+          f"training split's records; total variation distance, lower is better ({args.time:g} s training each)")  # fmt: skip
+    print()
+    print("| corpus | before: zero state | after: start states | reference: as many real records (noise) |")
+    print("| --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['name']} ({r['records']:,} records; val loss {r['val_loss']:.3f} at step {r['step']:,}) "
+              f"| {total_variation(r['before'], r['corpus']):.2f} | {total_variation(r['after'], r['corpus']):.2f} "
+              f"| {r['noise']:.2f} |")  # fmt: skip
+    for r in results:
+        print(f"\n{r['name']}: start states {r['source']}")
+        print(f"  records: {top(r['corpus'])}")
+        print(f"  before:  {top(r['before'])}")
+        print(f"  after:   {top(r['after'])}")
+
+
+if __name__ == "__main__":
+    main()
