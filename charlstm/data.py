@@ -791,6 +791,8 @@ def _read_cache_meta(
         return None, f"{meta_path.name}: {problem}"
     if meta["fingerprint"] != fingerprint or (vocab is not None and meta["vocab"] != vocab.chars):
         return None, None
+    if vocab is None and meta["vocab"] != _built_order(meta["vocab"]):  # given a vocabulary, it must be equal
+        return None, f"{meta_path.name}: 'vocab' is not in the order it is built in (ids would decode wrongly)"
     itemsize = np.dtype(meta["dtype"]).itemsize
     problem = _file_problem(cache_dir / meta["file"], meta["tokens"] * itemsize)
     if problem:
@@ -814,9 +816,10 @@ def _meta_problem(meta: Any, records: bool | None) -> str | None:
     chars = meta["vocab"]
     if not chars or not all(isinstance(c, str) and len(c) <= 1 for c in chars):
         return "'vocab' is not a list of single characters"
-    marker = [Vocab.END_OF_RECORD] if meta["records"] else []
-    if chars != marker + sorted(set(chars) - {Vocab.END_OF_RECORD}):
-        return "'vocab' is not the sorted distinct characters (and the end-of-record marker) it is built as"
+    if len(set(chars)) != len(chars):
+        return "'vocab' repeats characters"
+    if meta["records"] and Vocab.END_OF_RECORD not in chars:
+        return "'vocab' has no end-of-record marker for a corpus of records"
     if meta["dtype"] not in CACHE_DTYPES or meta["dtype"] != token_dtype(len(chars)).name:
         return f"'dtype' {_short(meta['dtype'])} is not the id type of a {len(chars)}-character vocabulary"
     if meta["file"] != f"{CACHE_STEM}.{meta['dtype']}.bin":  # never a path of its own: nothing outside the run
@@ -826,6 +829,12 @@ def _meta_problem(meta: Any, records: bool | None) -> str | None:
     if records is not None and meta["records"] != records:
         return "'records' does not match the corpus"
     return None
+
+
+def _built_order(chars: list[str]) -> list[str]:
+    """A vocabulary as `prepare_tokens` builds it from a corpus: the end-of-record marker, then characters sorted."""
+    marker = [Vocab.END_OF_RECORD] if Vocab.END_OF_RECORD in chars else []
+    return marker + sorted(set(chars) - {Vocab.END_OF_RECORD})
 
 
 def _short(value: Any) -> str:

@@ -158,8 +158,8 @@ def test_dtype_not_the_vocabularys(corpus, tmp_path, dtype):
         (lambda v: [1] + v[1:], "not a list of single characters"),
         (lambda v: [None] + v[1:], "not a list of single characters"),
         (lambda v: [], "not a list of single characters"),
-        (lambda v: v[:-2] + [v[-1], v[-2]], "sorted distinct"),  # two ids swapped: the text would decode wrong
-        (lambda v: v[:-1] + [v[-2]], "sorted distinct"),  # a repeated character
+        (lambda v: v[:-2] + [v[-1], v[-2]], "not in the order"),  # two ids swapped: the text would decode wrong
+        (lambda v: v[:-1] + [v[-2]], "repeats characters"),
         (lambda v: v[:-1], "beyond the"),  # one character fewer, well formed: caught by the id scan
     ],
     ids=["two-chars", "int", "null", "empty", "swapped", "repeated", "shorter"],
@@ -170,6 +170,28 @@ def test_vocab_not_single_characters(corpus, tmp_path, vocab, reason):
     changed = vocab(meta_of(run)["vocab"])
     write_meta(run, vocab=changed)
     assert_rebuilt(corpus, run, expected, reason=reason)
+
+
+def test_records_without_a_marker(records_corpus, tmp_path):
+    run = tmp_path / "run"
+    expected = built(records_corpus, run)
+    write_meta(run, vocab=meta_of(run)["vocab"][1:] + ["~"])  # still sorted, same size: the marker replaced
+    assert_rebuilt(records_corpus, run, expected, reason="no end-of-record marker")
+
+
+def test_a_resumed_vocabulary_in_its_own_order_is_reused(tmp_path):
+    """A checkpoint's vocabulary (given on resume) is used as it is: a cache built with it is reused, whatever
+    its order, and a cache built with another vocabulary is stale (an ordinary rebuild, not damage)."""
+    path = tmp_path / "plain.txt"
+    path.write_text(make_text(2000))
+    corpus, run = load(path), tmp_path / "run"
+    chars = prepare_tokens(corpus, 0.1).vocab.chars
+    given = data_module.Vocab(chars[::-1] + ["~"])  # not the built order, and a character the corpus lacks
+    first = prepare_tokens(corpus, 0.1, vocab=given, cache_dir=run, cache_over=0)
+    again = prepare_tokens(corpus, 0.1, vocab=given, cache_dir=run, cache_over=0)
+    assert "reusing" in again.notes[0] and np.array_equal(np.asarray(again.ids), np.asarray(first.ids))
+    other = prepare_tokens(corpus, 0.1, vocab=data_module.Vocab(chars), cache_dir=run, cache_over=0)
+    assert len(other.notes) == 1 and "encoded the corpus" in other.notes[0]
 
 
 def test_records_flag_or_marker_that_do_not_match_the_corpus(corpus, tmp_path):
