@@ -809,10 +809,11 @@ def _meta_problem(meta: Any, records: bool | None) -> str | None:
     if not isinstance(meta, dict):
         return "not a JSON object"
     kinds = {"fingerprint": str, "vocab": list, "dtype": str, "tokens": int, "chars": int, "records": bool, "file": str}
+    names = {str: "a string", list: "a list", int: "an integer", bool: "true or false"}
     for key, kind in kinds.items():
         value = meta.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"{key!r} is missing or not a {kind.__name__}"
+            return f"{key!r} is missing or not {names[kind]}"
     chars = meta["vocab"]
     if not chars or not all(isinstance(c, str) and len(c) <= 1 for c in chars):
         return "'vocab' is not a list of single characters"

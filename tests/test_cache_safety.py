@@ -94,8 +94,8 @@ def test_corpus_json_unreadable(corpus, tmp_path, text, reason):
 @pytest.mark.parametrize(
     "changes,reason",
     [
-        ({"tokens": "12"}, "'tokens' is missing or not a int"),
-        ({"tokens": True}, "'tokens' is missing or not a int"),
+        ({"tokens": "12"}, "'tokens' is missing or not an integer"),
+        ({"tokens": True}, "'tokens' is missing or not an integer"),
         ({"chars": 1.5}, "'chars'"),
         ({"records": "yes"}, "'records'"),
         ({"fingerprint": None}, "'fingerprint'"),
