@@ -106,8 +106,34 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    payload = {"format": FORMAT, "version": VERSION, **payload}
+    payload = {"format": FORMAT, "version": VERSION, **_owning(payload, set())}
     _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def _owning(value: Any, seen: set[int]) -> Any:
+    """`value` with every tensor dense, contiguous and owning exactly its bytes, no storage used twice: what the
+    loader accepts (torch.save writes a view with its whole storage, offset and strides). Real payloads hold
+    such tensors already, and they are kept as they are; a view is copied."""
+    if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.nn.Parameter):  # saved as a Parameter it would need a global the loader refuses
+            value = value.detach()
+        storage = value.untyped_storage()
+        owns = (
+            value.layout == torch.strided and value.storage_offset() == 0 and value.is_contiguous()
+            and storage.nbytes() == value.numel() * value.element_size() and storage.data_ptr() not in seen
+        )  # fmt: skip
+        if not owns:
+            value = value.detach().clone(memory_format=torch.contiguous_format)
+        if value.numel():
+            seen.add(value.untyped_storage().data_ptr())
+        return value
+    if isinstance(value, dict):
+        return type(value)((k, _owning(v, seen)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_owning(v, seen) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_owning(v, seen) for v in value)
+    return value
 
 
 def copy_checkpoint(source: Path, dest: Path) -> None:

@@ -42,12 +42,13 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .config import CELLS, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
 from .errors import CharlstmError
 
-MAX_PICKLE_BYTES = 4 << 20  # data.pkl: a vocabulary of ~300k characters fits; parsing it takes ~1 s at most
+MAX_PICKLE_BYTES = 4 << 20  # data.pkl: a vocabulary of ~290k characters fits
 MAX_ENTRIES = 200_000  # zip entries (a real checkpoint: ~3 per weight, plus a few)
 MAX_DIRECTORY_BYTES = 64 << 20  # the zip's central directory
+MAX_OPS = 1_500_000  # a real pickle of 4 MB (a 290k-character vocabulary) has ~1.2M; ~1 s of parsing
 MAX_CONTAINERS = 500_000  # lists, dicts, tuples and marks the pickle may create (each costs ~64 bytes)
 MAX_ITEMS = 2_000_000  # items visited walking the payload (each reference counts, shared or not)
 MAX_DEPTH = 32  # nesting of containers
@@ -247,11 +248,6 @@ class TensorSpec:
             return f"has {len(self.shape)} sizes and {len(self.stride)} strides"
         if any(s < 0 for s in self.shape):
             return f"has a negative size {self.shape}"
-        if self.offset != 0 or self.numel != self.storage.numel:
-            return (
-                f"is a view of {self.numel} of its storage's {self.storage.numel} elements at offset {self.offset} "
-                f"(a checkpoint holds tensors that own their bytes)"
-            )
         expected = 1
         for size, stride in zip(reversed(self.shape), reversed(self.stride)):
             if size != 1 and stride != expected:  # strides of length-1 dims are never used, as in is_contiguous
@@ -260,6 +256,11 @@ class TensorSpec:
                     f"overlapping or transposed view"
                 )
             expected *= size
+        if self.offset != 0 or self.numel != self.storage.numel:
+            return (
+                f"is a view of {self.numel} of its storage's {self.storage.numel} elements at offset {self.offset} "
+                f"(a checkpoint holds tensors that own their bytes)"
+            )
         return None
 
 
@@ -306,7 +307,9 @@ class _Machine:
         if end < 3 or data[0] != _PROTO or data[1] != 2:  # torch.save writes protocol 2 (torch warns on others)
             raise CorruptCheckpoint("its pickle is not protocol 2")
         pos = 2
-        while pos < end:
+        for _ in range(MAX_OPS):  # (a bound that costs nothing per opcode)
+            if pos >= end:
+                raise CorruptCheckpoint("its pickle is truncated")
             op = data[pos]
             pos += 1
             if op == _BINPUT:
@@ -427,7 +430,7 @@ class _Machine:
                 raise CorruptCheckpoint(f"its pickle uses opcode {op:#04x}, which no checkpoint holds")
             if containers > MAX_CONTAINERS:
                 raise CorruptCheckpoint(f"its pickle builds more than {MAX_CONTAINERS} containers")
-        raise CorruptCheckpoint("its pickle is truncated")
+        raise CorruptCheckpoint(f"its pickle has more than {MAX_OPS} opcodes")
 
     def _line(self, pos: int) -> tuple[str, int]:
         stop = self.data.find(b"\n", pos, pos + MAX_NAME + 1)
@@ -513,43 +516,70 @@ def _describe(path: tuple) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _walk(payload: Any) -> list[TensorSpec]:
+_SCALARS = (str, int, float, bool, type(None))
+_END = object()
+
+
+def _walk(payload: Any) -> list[tuple[TensorSpec, Any, Any]]:
     """Visit every item once per reference (the way any naive consumer would), within MAX_ITEMS visits and
-    MAX_DEPTH levels, checking every tensor; the tensors in the order met."""
-    found: list[TensorSpec] = []
+    MAX_DEPTH levels, checking every tensor; the tensors found, each with the container and key holding it.
+
+    A container reached a second time (the pickle's memo makes that cost two bytes) is refused unless it holds
+    only plain values (an optimizer's param groups share their `betas` tuple): a structure whose naive walk is
+    exponential, or a cycle, ends at its first shared inner container. Depth-first with one iterator per open
+    container: memory stays O(depth) however wide the structure is."""
+    found: list[tuple[TensorSpec, Any, Any]] = []
     owner: dict[str, tuple] = {}  # storage key -> the path of the tensor that holds it
+    entered: set[int] = set()  # ids of the containers entered (all alive: the payload holds them)
     visits = 0
-    todo: list[tuple[Any, tuple]] = [(payload, ())]
-    while todo:
-        value, path = todo.pop()
+
+    def enter(value: Any, path: tuple, parent: Any, key: Any) -> Any:
+        nonlocal visits
         kind = type(value)
-        if kind in (dict, OrderedDict):
-            children = list(value.items())
-        elif kind in (list, tuple):
-            children = list(enumerate(value))
-        elif kind is TensorSpec:
+        if kind in (dict, OrderedDict, list, tuple):
+            if id(value) in entered:
+                flat = value.values() if kind in (dict, OrderedDict) else value
+                visits += len(value)
+                if visits > MAX_ITEMS or not all(type(v) in _SCALARS for v in flat):
+                    raise CharlstmError(f"{_describe(path)} is reached twice (a checkpoint's data is a tree)")
+                return None
+            entered.add(id(value))
+            return iter(value.items()) if kind in (dict, OrderedDict) else enumerate(value)
+        if kind is TensorSpec:
             problem = value.problem()
             if problem:
                 raise CharlstmError(f"tensor {_describe(path)} {problem}")
             first = owner.setdefault(value.storage.key, path)
             if first is not path:
                 raise CharlstmError(f"tensors {_describe(first)} and {_describe(path)} share one storage")
-            found.append(value)
+            found.append((value, parent, key))
+            return None
+        if kind in _SCALARS:
+            return None
+        # a bare OrderedDict or storage stand-in, a storage type: nothing a payload holds
+        raise CharlstmError(f"{_describe(path)} is a {kind.__name__.lstrip('_')}, not data or a tensor")
+
+    root = enter(payload, (), None, None)
+    stack = [(root, (), payload)] if root is not None else []
+    while stack:
+        items, path, container = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
             continue
-        elif kind in (str, int, float, bool, type(None)):
-            continue
-        else:  # OrderedDict/storage stand-ins left bare, a stray _StorageType: nothing a payload holds
-            raise CharlstmError(f"{_describe(path)} is a {kind.__name__.lstrip('_')}, not data or a tensor")
-        visits += len(children)
+        visits += 1
         if visits > MAX_ITEMS:
-            raise CharlstmError(f"it holds more than {MAX_ITEMS} items (or the same ones reached many times over)")
-        if len(path) >= MAX_DEPTH and children:
-            raise CharlstmError(f"{_describe(path[:4])} nests deeper than {MAX_DEPTH} levels")
-        for key, child in reversed(children):
-            if type(child) in (str, int, float, bool, type(None)):
-                continue
-            todo.append((child, path + (key,)))
-    found.sort(key=lambda spec: spec.index)
+            raise CharlstmError(f"it holds more than {MAX_ITEMS} items")
+        key, child = item
+        if type(child) in _SCALARS:
+            continue
+        child_path = path + (key,)
+        inner = enter(child, child_path, container, key)
+        if inner is not None:
+            if len(child_path) > MAX_DEPTH:
+                raise CharlstmError(f"{_describe(child_path[:4])}... nests deeper than {MAX_DEPTH} levels")
+            stack.append((inner, child_path, child))
+    found.sort(key=lambda entry: entry[0].index)
     return found
 
 
@@ -562,16 +592,29 @@ class Scanned:
 
     payload: Any
     file_size: int
-    tensors: list[TensorSpec]
+    places: list[tuple[TensorSpec, Any, Any]]  # every tensor, with the container and key that hold it
     _archive: _Archive
     _pickle: bytes
 
+    @property
+    def tensors(self) -> list[TensorSpec]:
+        return [spec for spec, _, _ in self.places]
+
     def materialize(self, map_location: str | torch.device = "cpu") -> Any:
-        """Read every tensor's bytes (from the file opened by `scan`) and build the payload with them."""
-        built: list[torch.Tensor | None] = [None] * (max((s.index for s in self.tensors), default=-1) + 1)
-        for spec in self.tensors:
-            built[spec.index] = self._read_tensor(spec, map_location)
-        return _Machine(self._pickle, self._archive, built).run()
+        """Read every tensor's bytes (from the file `scan` read the rest from) and put the tensors in their
+        places; `payload` is the payload then. Tensors inside tuples (no charlstm payload has them) are placed by
+        running the pickle again with them."""
+        built = {spec.index: self._read_tensor(spec, map_location) for spec, _, _ in self.places}
+        if any(type(parent) is tuple for _, parent, _ in self.places):
+            tensors = [built.get(i) for i in range(max(built) + 1)]
+            self.payload = _Machine(self._pickle, self._archive, tensors).run()
+            return self.payload
+        for spec, parent, key in self.places:
+            if parent is None:
+                self.payload = built[spec.index]
+            else:
+                parent[key] = built[spec.index]
+        return self.payload
 
     def _read_tensor(self, spec: TensorSpec, map_location: str | torch.device) -> torch.Tensor:
         record = spec.storage.record
@@ -602,8 +645,8 @@ def scan(handle: BinaryIO) -> Scanned:
     if zlib.crc32(data) != record.crc:
         raise CorruptCheckpoint("its pickle is damaged (checksum)")
     payload = _Machine(data, archive).run()
-    tensors = _walk(payload)
-    return Scanned(payload=payload, file_size=archive.size, tensors=tensors, _archive=archive, _pickle=data)
+    places = _walk(payload)
+    return Scanned(payload=payload, file_size=archive.size, places=places, _archive=archive, _pickle=data)
 
 
 # ----------------------------------------------------------------------------- a charlstm model's payload
@@ -749,7 +792,7 @@ def _moments_problem(state: dict, order: list[int], shapes_in_order: list[tuple[
             if type(key) is not str:
                 return f"its optimizer state for parameter {index} has a key that is not a name"
             if type(value) is not TensorSpec:
-                if _is_scalar(value) and not isinstance(value, str):
+                if _is_scalar(value):
                     continue
                 return f"its optimizer state {index}[{key[:30]!r}] is not a tensor or a number"
             if key == "step":
@@ -764,7 +807,8 @@ def _moments_problem(state: dict, order: list[int], shapes_in_order: list[tuple[
 
 
 def _is_scalar(value: Any) -> bool:
-    return type(value) in (str, bool, float, type(None)) or (type(value) is int and -MAX_INT <= value <= MAX_INT)
+    """A number, flag or None (an optimizer's settings and state hold no strings)."""
+    return type(value) in (bool, float, type(None)) or (type(value) is int and -MAX_INT <= value <= MAX_INT)
 
 
 def _is_number_tuple(value: Any) -> bool:
@@ -872,11 +916,20 @@ def _check_corpus(corpus: Any) -> None:
         if depth >= MAX_CORPUS_DEPTH or items > MAX_CORPUS_ITEMS or chars > MAX_CORPUS_CHARS:
             raise CharlstmError("its corpus description is too large or too deeply nested")
         todo.extend((child, depth + 1) for child in children)
-    sources = corpus.get("sources")
+    # the fields a save writes (train.py corpus_summary, data.py summary), typed as the CLI prints them
+    sources, config, lengths = corpus.get("sources"), corpus.get("config"), corpus.get("record_lengths")
     if sources is not None and (type(sources) is not list or not all(type(s) is str for s in sources)):
         raise CharlstmError("its corpus sources are not a list of paths")
-    if type(corpus.get("config")) not in (dict, type(None)) or type(corpus.get("name")) not in (str, type(None)):
-        raise CharlstmError("its corpus name or config is not what a save writes")
+    for key in ("name",):
+        if type(corpus.get(key)) not in (str, type(None)):
+            raise CharlstmError(f"its corpus {key} is not a string")
+    for key in ("chars", "records"):
+        if type(corpus.get(key)) not in (int, type(None)):
+            raise CharlstmError(f"its corpus {key} is not a whole number")
+    if lengths is not None and (type(lengths) is not dict or not all(type(v) in (int, float) for v in lengths.values())):
+        raise CharlstmError("its corpus record lengths are not numbers")
+    if config is not None:
+        from_dict(CorpusConfig, config).validate()
 
 
 def check_finite(payload: dict[str, Any]) -> None:
