@@ -1107,12 +1107,14 @@ class Worker:
         line = self.process.stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, path: Path, seed: str, resume: bool, marker: Path, timeout: float) -> dict:
+    def submit(self, path: Path, seed: str, resume: bool, marker: Path) -> None:
         if self.process is None or self.process.poll() is not None:
             self.start()
         self.process.stdin.write(json.dumps({"path": str(path), "seed": seed, "resume": resume,
                                              "marker": str(marker)}) + "\n")  # fmt: skip
         self.process.stdin.flush()
+
+    def collect(self, marker: Path, timeout: float) -> dict:
         answer = self._read(timeout)
         if answer is None:
             died = self.process.poll()
@@ -1121,6 +1123,11 @@ class Worker:
             return {"outcome": "BAD", "message": what, "seconds": timeout, "rss_before": 0, "rss_peak": 0,
                     "marker": marker.exists()}  # fmt: skip
         return answer
+
+    def run(self, path: Path, seed: str, resume: bool, marker: Path, timeout: float = 60.0) -> dict:
+        """One case, start to end."""
+        self.submit(path, seed, resume, marker)
+        return self.collect(marker, timeout)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -1166,36 +1173,52 @@ def judge(case: Case, answer: dict, time_limit: float, rss_limit_mb: float) -> t
 
 def run_fuzz(seeds: list[Seed], cases: int, seed: int, work: Path, resume_every: int = 5, time_limit: float = 5.0,
              rss_limit_mb: float = 500.0, as_limit_mb: int = 3072, kinds: list[str] | None = None,
-             progress: Callable[[int], None] | None = None) -> list[Result]:  # fmt: skip
-    """Run `cases` seeded cases (kinds in turn, seeds and variants drawn from `seed`); the results."""
+             progress: Callable[[int], None] | None = None, worker: Worker | None = None) -> list[Result]:  # fmt: skip
+    """Run `cases` seeded cases (kinds in turn, seeds and variants drawn from `seed`); the results. The next
+    case is written while the worker loads the current one (two files in turn)."""
     rng = random.Random(seed)
     kinds = kinds or list(MUTATIONS)
-    marker = work / MARKER_NAME
-    worker = Worker(as_limit_mb, work / "worker.log")
+    own_worker = worker is None
+    worker = worker or Worker(as_limit_mb, work / "worker.log")
     results: list[Result] = []
-    path = work / "case.pt"
+
+    def make(index: int) -> tuple[Case, Seed, Path, Path, bool]:
+        kind = kinds[index % len(kinds)]
+        base = rng.choice(seeds)
+        path, marker = work / f"case-{index % 2}.pt", work / f"{MARKER_NAME}-{index % 2}"
+        marker.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        try:
+            case = MUTATIONS[kind](random.Random(rng.getrandbits(64)), base, path, marker)
+        except Exception as exc:  # a mutation that does not apply to this seed: a plain copy instead
+            case = Case(kind, f"n/a ({type(exc).__name__})")
+            path.write_bytes(base.raw)
+        return case, base, path, marker, resume_every > 0 and index % resume_every == 0
+
     try:
+        warm = seeds[0]  # one untimed case first: the first resume and sample pay for lazy imports
+        worker.run(warm.path, warm.name, True, work / "warm-up-marker")
+        current = make(0) if cases else None
+        if current:
+            worker.submit(current[2], current[1].name, current[4], current[3])
         for index in range(cases):
-            kind = kinds[index % len(kinds)]
-            base = rng.choice(seeds)
-            marker.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
-            try:
-                case = MUTATIONS[kind](random.Random(rng.getrandbits(64)), base, path, marker)
-            except Exception as exc:  # a mutation that does not apply to this seed: a plain copy instead
-                case = Case(kind, f"n/a ({type(exc).__name__})")
-                path.write_bytes(base.raw)
-            resume = resume_every > 0 and index % resume_every == 0
-            answer = worker.run(path, base.name, resume, marker, timeout=max(30.0, time_limit * 6))
+            upcoming = make(index + 1) if index + 1 < cases else None  # while the worker runs `current`
+            case, base, _, marker, _ = current
+            answer = worker.collect(marker, timeout=max(30.0, time_limit * 6))
             outcome, message = judge(case, answer, time_limit, rss_limit_mb)
             results.append(Result(case.kind, case.variant, outcome, message, answer["seconds"],
                                   answer["rss_peak"] / 2**20, (answer["rss_peak"] - answer["rss_before"]) / 2**20,
                                   base.name))  # fmt: skip
+            if upcoming:
+                worker.submit(upcoming[2], upcoming[1].name, upcoming[4], upcoming[3])
+            current = upcoming
             if progress:
                 progress(index + 1)
     finally:
-        worker.stop()
-        marker.unlink(missing_ok=True)
+        if own_worker:
+            worker.stop()
+        for slot in (0, 1):
+            (work / f"{MARKER_NAME}-{slot}").unlink(missing_ok=True)
     return results
 
 

@@ -250,12 +250,13 @@ class TensorSpec:
             return f"has a negative size {self.shape}"
         expected = 1
         for size, stride in zip(reversed(self.shape), reversed(self.stride)):
-            if size != 1 and stride != expected:  # strides of length-1 dims are never used, as in is_contiguous
+            # as is_contiguous: strides of length-1 dims are never used, nor any of an empty tensor
+            if size != 1 and stride != expected and self.numel:
                 return (
                     f"is not dense and contiguous (shape {self.shape}, strides {self.stride}): a stride-0, "
                     f"overlapping or transposed view"
                 )
-            expected *= size
+            expected *= max(size, 1)
         if self.offset != 0 or self.numel != self.storage.numel:
             return (
                 f"is a view of {self.numel} of its storage's {self.storage.numel} elements at offset {self.offset} "
@@ -677,12 +678,17 @@ def _optimizer_orders(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -
 
 
 def _bounded_config(cls: type, data: Any) -> Any:
-    config = from_dict(cls, data)  # types (a CharlstmError naming the field)
-    for f in fields(cls):
-        value = getattr(config, f.name)
-        if type(value) is int and not -MAX_INT <= value <= MAX_INT:
-            raise CharlstmError(f"{cls.__name__}.{f.name} = {str(value)[:20]}... is out of range")
-    return config
+    """The config dataclass from a checkpoint's dict, whose every value (unknown keys included: the CLI prints
+    and writes them as JSON) is a plain value or a short list of them, numbers within int64."""
+    if type(data) is dict:
+        for key, value in data.items():
+            values = value if type(value) is list and len(value) <= 4096 else [value]
+            if type(key) is not str or not all(type(v) in _SCALARS for v in values):
+                raise CharlstmError(f"{cls.__name__}.{str(key)[:40]} is not a plain value")
+            for v in values:
+                if type(v) is int and not -MAX_INT <= v <= MAX_INT:
+                    raise CharlstmError(f"{cls.__name__}.{key[:40]} = {str(v)[:20]}... is out of range")
+    return from_dict(cls, data)  # types (a CharlstmError naming the field)
 
 
 def check_model_payload(scanned: Scanned) -> None:
