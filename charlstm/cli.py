@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -140,12 +141,15 @@ def train(
     max_time: Annotated[
         Optional[str],
         typer.Option(
-            help=f"Stop after this much training time in all, e.g. 90s, 10m, 2h (evaluations excluded). "
-            f"With no --max-steps, --epochs or --max-time: {DEFAULT_MAX_TIME / 60:g}m.",
+            help=f"Stop after this much wall-clock time in all, e.g. 90s, 10m, 2h: reading the corpus, validations and "
+            f"saves included (the final evaluation and save come after). With no --max-steps, --epochs or "
+            f"--max-time: {DEFAULT_MAX_TIME / 60:g}m.",
             show_default=False,
         ),
     ] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Validate (and save) every this many steps, and at the end." + _default(_T.eval_every), show_default=False)] = None,
+    eval_chars: Annotated[Optional[int], typer.Option(help="Characters each periodic validation scores: a fixed, seeded slice of the validation split (all of it when smaller)." + _default(f"{_T.eval_chars:,}"), show_default=False)] = None,
+    final_eval_chars: Annotated[Optional[int], typer.Option(help="The final evaluation scores the whole validation split, or a seeded slice of this many characters when it is larger." + _default(f"{_T.final_eval_chars:,}"), show_default=False)] = None,
     save_every: Annotated[
         Optional[str],
         typer.Option(help="Also save latest.pt every N steps, or every duration such as 5m. (default: at each validation)", show_default=False),
@@ -159,8 +163,8 @@ def train(
         Optional[bool],
         typer.Option(
             "--compile/--no-compile",
-            help="torch.compile the model: faster steps on a GPU after a slow start; on CPU it needs a C++ compiler."
-            + _default("off"),
+            help="torch.compile the loss (fp32 cast, log-softmax, NLL; the recurrent stack is already one fused "
+            "kernel): faster steps on a GPU after a slow start; on CPU it needs a C++ compiler." + _default("off"),
             show_default=False,
         ),
     ] = None,
@@ -173,11 +177,12 @@ def train(
 
     Several GPUs (or CPU processes): torchrun --nproc-per-node N -m charlstm train CORPUS ...
     """
+    clock_start = time.perf_counter()  # --max-time counts from here: reading the corpus is part of the run
     from .data import default_corpus, load_corpus
     from .distributed import is_main_process
     from .train import pick_device, train as run_training
 
-    given = {k: v for k, v in locals().items() if v is not None}
+    given = {k: v for k, v in locals().items() if v is not None and k != "clock_start"}
     try:
         model_values = {f.name: given[f.name] for f in fields(ModelConfig) if f.name in given}
         train_values = {f.name: given[f.name] for f in fields(TrainConfig) if f.name in given and f.name != "max_time"}
@@ -237,6 +242,7 @@ def train(
             explicit=explicit,
             show_progress=not quiet,
             log=lambda line: err.print(line, markup=False, soft_wrap=True),
+            clock_start=clock_start,
         )
     except PeerFailedError:  # under torchrun: the process that failed prints the reason
         raise typer.Exit(1) from None
@@ -244,9 +250,12 @@ def train(
         _fail(str(exc))
         return
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: nothing more is saved
-        err.print("\nInterrupted; nothing more was saved (the run's latest.pt, if any, holds the last save).")
+        err.print("Interrupted; nothing more was saved (the run's latest.pt, if any, holds the last save).")
         raise typer.Exit(130) from None
     if not is_main_process():  # under torchrun, rank 0 reports for all
+        return
+    if result.stopped_by == "budget_spent":
+        _print_budget_spent(result)
         return
     _print_train_summary(result)
     if result.stopped_by.startswith("interrupt"):
@@ -299,6 +308,24 @@ def _corpus_of_run(resume_path: Path, encoding: str):
     return load_corpus(sources, encoding=encoding)
 
 
+def _print_budget_spent(result) -> None:
+    final = result.final_val_loss if math.isfinite(result.final_val_loss) else result.best_val_loss
+    loss = f"; val loss {final:.4f} nats/char" if math.isfinite(final) else ""
+    err.print(
+        f"{result.run_dir} has already used its budget ({result.budget}: step {result.step:,}, "
+        f"{_duration(result.elapsed_seconds)} of wall-clock time{loss}); nothing to train.\n"
+        f"To train more, give a larger budget (totals for the run), e.g.: "
+        f"charlstm train --resume {result.run_dir} {result.extend_with}",
+        markup=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    from .progress import duration
+
+    return duration(seconds)
+
+
 def _print_train_summary(result) -> None:
     table = Table(title="charlstm train", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -309,9 +336,10 @@ def _print_train_summary(result) -> None:
         ("stopped by", result.stopped_by),
         ("steps", f"{result.step:,}"),
         ("characters seen", f"{result.chars_seen:,}"),
-        ("training time", f"{result.train_seconds:,.1f} s"),
+        ("time", f"{result.elapsed_seconds:,.1f} s wall clock ({result.train_seconds:,.1f} s of training steps)"),
         ("speed", f"{result.chars_per_second:,.0f} chars/s"),
-        ("best val loss", f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" if math.isfinite(best) else "not evaluated yet"),
+        ("best val loss", f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char), periodic slice (best.pt)" if math.isfinite(best) else "not evaluated yet"),
+        ("final val loss", f"{result.final_val_loss:.4f} nats/char ({result.final_val_loss / math.log(2):.4f} bits/char)" if math.isfinite(result.final_val_loss) else "not evaluated (stopped early)"),
         ("parameters", f"{result.params:,} (vocabulary {result.vocab_size})"),
         ("device", f"{result.device} ({result.precision})"
                    + (f" x {result.world_size} processes" if result.world_size > 1 else "")),
@@ -374,6 +402,13 @@ def sample(
         if path is None:
             path = ckpt.find_latest_run()
         loaded = load_model(path, pick_device(device))
+        progress = loaded.payload.get("progress") or {}
+        loss = _finite(progress.get("final_val_loss")) or _finite(progress.get("best_val_loss"))
+        err.print(
+            f"Sampling from {loaded.path} (step {progress.get('step', 0):,}"
+            + (f", val loss {loss:.3f} nats/char)" if loss is not None else ")"),
+            markup=False, soft_wrap=True,
+        )  # fmt: skip
         if config.seed is None:  # one seed for every temperature, so that they differ by temperature alone
             config.seed = int.from_bytes(os.urandom(4), "little")
         if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:
@@ -426,11 +461,21 @@ def _join_samples(texts: list[str]) -> str:
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="Run directory or .pt checkpoint.", show_default=False)],
+    path: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Run directory or .pt checkpoint. (default: the most recently trained run under checkpoints/)",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object.")] = False,
 ) -> None:
     """Show what a run or checkpoint holds: corpus, model, training progress and losses."""
     try:
+        if path is None:
+            path = ckpt.find_latest_run()
+            if not as_json:
+                err.print(f"Newest run: {path}", markup=False)
         data = _info(path)
     except CharlstmError as exc:
         _fail(str(exc))
@@ -441,38 +486,122 @@ def info(
     table = Table(title=f"charlstm info {path}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key, str(value))
+    for key, value in _info_rows(data):
+        table.add_row(key, value)
     out.print(table)
 
 
 def _info(path: Path) -> dict:
+    """run.json for a run directory (the checkpoint when run.json is missing or damaged), else the checkpoint's
+    own summary."""
     if path.is_dir() and (path / ckpt.RUN_JSON).exists():
-        return ckpt.read_run_json(path)
+        try:
+            data = ckpt.read_run_json(path)
+            if isinstance(data, dict) and isinstance(data.get("model_config"), dict):
+                return data
+        except CharlstmError:
+            pass  # a damaged run.json: the checkpoint says the same
     file = ckpt.resolve_checkpoint(path, prefer=ckpt.LATEST)
     payload = ckpt.load_model_checkpoint(file)
     progress = payload.get("progress", {})
     params = sum(t.numel() for t in payload["model"].values())
     seconds = progress.get("train_seconds", 0.0)
-    best = progress.get("best_val_loss")
+    corpus = payload.get("corpus") or {}
     return {
         "checkpoint": str(file),
-        "corpus": payload.get("corpus", {}),
-        "records": (payload.get("corpus") or {}).get("records"),
-        "record_lengths": (payload.get("corpus") or {}).get("record_lengths"),
+        "corpus": corpus,
+        "records": corpus.get("records"),
+        "record_lengths": corpus.get("record_lengths"),
         "model_config": payload["model_config"],
         "train_config": payload.get("train_config", {}),
         "vocab_size": len(payload["vocab"]),
         "params": params,
         "step": progress.get("step", 0),
+        "epoch": progress.get("epoch", 0),
         "chars_seen": progress.get("chars_seen", 0),
-        "best_val_loss": best if best is not None and math.isfinite(best) else None,
+        "best_val_loss": _finite(progress.get("best_val_loss")),
+        "last_val_loss": _finite(progress.get("last_val_loss")),
+        "final_val_loss": _finite(progress.get("final_val_loss")),
         "train_seconds": seconds,
+        "elapsed_seconds": progress.get("elapsed_seconds", seconds),
         "chars_per_second": progress.get("chars_seen", 0) / seconds if seconds else 0.0,
         "checkpoint_format_version": payload["version"],
     }
+
+
+def _finite(value) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _info_rows(data: dict) -> list[tuple[str, str]]:
+    """`charlstm info` as labelled, readable rows (the raw dict is what --json prints)."""
+    rows: list[tuple[str, str]] = []
+    if data.get("checkpoint"):
+        rows.append(("checkpoint", str(data["checkpoint"])))
+    corpus = data.get("corpus") or {}
+    config = corpus.get("config") or {}
+    sources = config.get("paths") or corpus.get("sources") or []
+    rows.append(("corpus", str(corpus.get("name", "?"))))
+    if sources:
+        shown = ", ".join(str(s) for s in sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+        rows.append(("  sources", shown))
+    if config.get("globs"):
+        rows.append(("  globs", " ".join(config["globs"])))
+    if config.get("text_field"):
+        rows.append(("  field", str(config["text_field"])))
+    if config.get("encoding", "utf-8") != "utf-8":
+        rows.append(("  encoding", str(config["encoding"])))
+    records, lengths = data.get("records"), data.get("record_lengths")
+    if records is not None:
+        mode = config.get("records", "auto")
+        text = f"{records:,}" + (f" ({mode})" if mode not in (None, "auto") else "")
+        if isinstance(lengths, dict):
+            text += (f", length min {lengths.get('min', 0):,} · median {lengths.get('median', 0):,.0f} · "
+                     f"max {lengths.get('max', 0):,} characters")  # fmt: skip
+        rows.append(("  records", text))
+    else:
+        rows.append(("  records", "none (one stream)"))
+    if corpus.get("chars") is not None:
+        rows.append(("  characters", f"{corpus['chars']:,}"))
+    vocab = data.get("vocab_size")
+    if vocab is not None:
+        rows.append(("  vocabulary", f"{vocab:,} symbols" + (" (with the end-of-record marker)" if records is not None else "")))
+    model = data.get("model_config") or {}
+    rows.append(("model", f"{model.get('cell', '?')}, {model.get('layers', '?')} x {model.get('hidden', '?')}, "
+                          f"embedding {model.get('embed', '?')}, dropout {model.get('dropout', 0):g}"))  # fmt: skip
+    if data.get("params") is not None:
+        rows.append(("  parameters", f"{data['params']:,}"))
+    train = data.get("train_config") or {}
+    budget = []
+    for key, flag in (("max_steps", "--max-steps"), ("epochs", "--epochs"), ("max_time", "--max-time")):
+        if train.get(key):
+            budget.append(f"{flag} {_duration(train[key]) if key == 'max_time' else train[key]}")
+    rows.append(("budget", " or ".join(budget) or "-"))
+    rows.append(("training", f"batch {train.get('batch_size', '?')} x {train.get('seq_len', '?')}, lr {train.get('lr', 0):g}, "
+                             f"eval every {train.get('eval_every', '?')} steps"))  # fmt: skip
+    rows.append(("progress", f"step {data.get('step', 0):,}, epoch {data.get('epoch', 0)}, "
+                             f"{data.get('chars_seen', 0):,} characters seen"))  # fmt: skip
+    elapsed, seconds = data.get("elapsed_seconds"), data.get("train_seconds") or 0.0
+    time_text = f"{_duration(elapsed)} wall clock, " if elapsed is not None else ""
+    rows.append(("time", f"{time_text}{seconds:,.1f} s of training steps, {data.get('chars_per_second', 0):,.0f} chars/s"))
+    if data.get("device"):
+        rows.append(("device", f"{data['device']} ({data.get('precision', 'fp32')})"
+                               + (f" x {data['world_size']} processes" if (data.get("world_size") or 1) > 1 else "")))  # fmt: skip
+    validation = data.get("validation") or {}
+
+    def loss_text(value, what: str) -> str:
+        return f"{value:.4f} nats/char ({value / math.log(2):.4f} bits/char), {what}" if value is not None else "-"
+
+    periodic = (f"periodic slice of {validation['periodic_chars']:,} of {validation['split_chars']:,} characters"
+                if validation and not validation.get("periodic_whole_split") else "whole validation split")  # fmt: skip
+    final = (f"{validation['final_chars']:,} of {validation['split_chars']:,} characters"
+             if validation and not validation.get("final_whole_split") else "whole validation split")  # fmt: skip
+    rows.append(("best val loss", loss_text(data.get("best_val_loss"), periodic + "; chose best.pt")))
+    rows.append(("last val loss", loss_text(data.get("last_val_loss"), periodic)))
+    rows.append(("final val loss", loss_text(data.get("final_val_loss"), "final evaluation, " + final)
+                 if data.get("final_val_loss") is not None else "- (the run has not reached its end)"))  # fmt: skip
+    rows.append(("format", f"checkpoint version {data.get('checkpoint_format_version', '?')}"))
+    return rows
 
 
 def run() -> None:

@@ -63,21 +63,25 @@ class TrainConfig:
     min_lr_frac: float = 0.05  # the schedule decays to lr * min_lr_frac
     max_steps: int | None = None  # stop after this many steps (total for the run)
     epochs: float | None = None  # stop after this many passes over the training split
-    max_time: float | None = None  # stop after this many seconds of training (evals excluded)
+    max_time: float | None = None  # stop after this many seconds of the run's wall clock (validations and saves included)
     eval_every: int = 250  # steps between validations
+    eval_chars: int = 65_536  # characters a periodic validation scores (a fixed, seeded slice of the split)
+    final_eval_chars: int = 524_288  # the final evaluation scores the whole split, or this many of it if larger
     save_every: float | None = None  # steps between checkpoints (None: at each eval)
     save_every_seconds: float | None = None  # seconds between checkpoints
     val_frac: float = 0.1  # the last share of the corpus used for validation
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
-    compile: bool = False  # torch.compile the model (slow to start; GPU mainly)
+    compile: bool = False  # torch.compile the loss (fp32 cast, log-softmax, NLL; slow to start; GPU mainly)
     encoding: str = "utf-8"
 
     def validate(self) -> None:
         _positive("--batch-size", self.batch_size)
         _positive("--seq-len", self.seq_len)
         _positive("--eval-every", self.eval_every)
+        _positive("--eval-chars", self.eval_chars)
+        _positive("--final-eval-chars", self.final_eval_chars)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise CharlstmError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:

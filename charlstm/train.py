@@ -15,30 +15,36 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from . import checkpoint as ckpt
 from . import distributed
+from . import validation
 from .config import DEVICES, ModelConfig, TrainConfig, from_dict
 from .data import IGNORE_INDEX, Corpus, Streams, Vocab, check_trainable, fit_batch_shape, prepare_tokens
 from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list
+from .progress import ConsoleProgress, EventSink, duration
 
 # Flags that fix the data layout and the architecture: on resume the checkpoint's values win.
 LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding")
 ARCH_FIELDS = ("cell", "layers", "hidden", "embed", "dropout")
+BUDGET_FIELDS = ("max_steps", "epochs", "max_time")
+SCHEDULE_FIELDS = (*BUDGET_FIELDS, "lr", "warmup_frac", "min_lr_frac")  # what the learning-rate curve depends on
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    stopped_by: str  # max_steps | max_time | epochs | interrupt | stop_request
+    stopped_by: str  # max_steps | max_time | epochs | interrupt (SIGNAL) | stop_request | budget_spent
     step: int
     chars_seen: int
     train_seconds: float
     chars_per_second: float
     best_val_loss: float
     last_val_loss: float
+    final_val_loss: float  # the final evaluation (NaN when the run stopped before it)
+    elapsed_seconds: float  # the run's wall clock, validations and saves included (what --max-time limits)
+    budget: str  # the budget that applies, e.g. "--max-time 4m"
+    extend_with: str  # a larger budget of the same kind, for a run that has used its own
     params: int
     vocab_size: int
     device: str
@@ -56,11 +62,19 @@ class Progress:
     epoch: int = 0
     position: int = 0  # window index within the epoch
     chars_seen: int = 0
-    train_seconds: float = 0.0
-    best_val_loss: float = math.inf
+    train_seconds: float = 0.0  # training steps only (chars/s)
+    elapsed_seconds: float = 0.0  # the run's wall clock: set-up, steps, validations and saves (--max-time)
+    best_val_loss: float = math.inf  # the lowest periodic validation loss (it chose best.pt)
     last_val_loss: float = math.nan
+    final_val_loss: float = math.nan  # the final evaluation of the run's end
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
+    eval_pending: bool = False  # a validation was cut short by a signal: it runs first on resume
+    # a budget or learning rate changed on resume: the rate ramps from `ramp_lr` at fraction `ramp_from` to the
+    # re-planned curve at `ramp_to` (fractions of the budget); ramp_to <= ramp_from means no ramp
+    ramp_from: float = 0.0
+    ramp_to: float = 0.0
+    ramp_lr: float = 0.0
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,13 +147,71 @@ def compiled_loss(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor]
     return torch.compile(window_loss_sum)
 
 
-def lr_at(config: TrainConfig, progress: float) -> float:
-    """Linear warm-up over the first `warmup_frac` of the budget, then cosine decay to lr * min_lr_frac."""
+def lr_at(config: TrainConfig, progress: float, state: Progress | None = None) -> float:
+    """Linear warm-up over the first `warmup_frac` of the budget, then cosine decay to lr * min_lr_frac.
+
+    After a resume that changed the budget (or the learning rate), the curve is re-planned for the new budget
+    (the rate a run given that budget from the start would have now), and the rate moves there linearly from
+    the rate the run stopped at, over the next `warmup_frac` of the budget (`state.ramp_*`)."""
+    planned = _planned_lr(config, progress)
+    if state is not None and state.ramp_to > state.ramp_from and progress < state.ramp_to:
+        t = max(0.0, (progress - state.ramp_from) / (state.ramp_to - state.ramp_from))
+        return state.ramp_lr + (_planned_lr(config, state.ramp_to) - state.ramp_lr) * t
+    return planned
+
+
+def _planned_lr(config: TrainConfig, progress: float) -> float:
     if progress < config.warmup_frac:
         return config.lr * (progress + 1e-3) / (config.warmup_frac + 1e-3)
     span = max(1e-9, 1.0 - config.warmup_frac)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - config.warmup_frac) / span)))
     return config.lr * (config.min_lr_frac + (1.0 - config.min_lr_frac) * cosine)
+
+
+def budget_fraction(config: TrainConfig, progress: Progress, num_targets: int) -> float:
+    """How much of the budget is spent, 0..1: the most advanced of the budgets given."""
+    fractions = []
+    if config.max_steps:
+        fractions.append(progress.step / config.max_steps)
+    if config.max_time:
+        fractions.append(progress.elapsed_seconds / config.max_time)
+    if config.epochs:
+        fractions.append(progress.chars_seen / (config.epochs * num_targets))
+    return min(1.0, max(fractions)) if fractions else 0.0
+
+
+def budget_text(config: TrainConfig) -> str:
+    """The budget as the flags that give it: '--max-time 4m', '--max-steps 5,000 or --max-time 10m'."""
+    parts = []
+    if config.max_steps:
+        parts.append(f"--max-steps {config.max_steps}")
+    if config.epochs:
+        parts.append(f"--epochs {config.epochs:g}")
+    if config.max_time:
+        parts.append(f"--max-time {duration(config.max_time)}")
+    return " or ".join(parts) or "no budget"
+
+
+def spent_text(config: TrainConfig, progress: Progress) -> str:
+    parts = []
+    if config.max_steps:
+        parts.append(f"{progress.step:,} of {config.max_steps:,} steps")
+    if config.epochs:
+        parts.append(f"epoch {progress.epoch:,} of {config.epochs:g}")
+    if config.max_time:
+        parts.append(f"{duration(progress.elapsed_seconds)} of {duration(config.max_time)}")
+    return ", ".join(parts)
+
+
+def extended_budget(config: TrainConfig) -> str:
+    """The same kind of budget, doubled: what to suggest to a user whose run has used its budget."""
+    if config.max_time:
+        return f"--max-time {duration(2 * config.max_time)}"
+    if config.max_steps:
+        return f"--max-steps {2 * config.max_steps}"
+    if config.epochs:
+        return f"--epochs {2 * config.epochs:g}"
+    return "--max-time 10m"
 
 
 @torch.no_grad()
@@ -165,25 +237,52 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
 
 
-@contextmanager
-def _catch_stop_signals():
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT aborts at once."""
-    flag = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
+class StopSignals:
+    """Ctrl-C and SIGTERM for the whole of a run: acknowledged the moment they arrive, acted on where it is safe.
 
-    def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
+    The first signal is recorded and reported (`on_signal`); what happens next depends on the phase:
+    during set-up (reading and encoding the corpus) nothing is worth saving, so it stops at once
+    (KeyboardInterrupt); during training and validation the loop sees the flag at the end of the step or of the
+    validation chunk, saves and exits; during a save, the save finishes first. A second Ctrl-C aborts at once
+    (the last checkpoint is intact: saves are atomic).
+    """
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
+    def __init__(self, on_signal: Callable[[str, str], None] | None = None):
+        self.received: str | None = None
+        self.phase = "setup"
+        self.on_signal = on_signal
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received = name
+        if self.on_signal is not None:
+            self.on_signal(name, self.phase)
+        if self.phase == "setup":
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def phase_of(self, phase: str):
+        """Run a block in `phase`; a signal that arrived during set-up stops before the block starts."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
 
 
 class Trainer:
@@ -196,11 +295,25 @@ class Trainer:
         resume_from: Path | None = None,
         explicit: set[str] = frozenset(),
         log: Callable[[str], None] = print,
+        on_event: EventSink | None = None,
+        clock_start: float | None = None,
+        signals: StopSignals | None = None,
     ):
+        """`on_event(kind, data)` receives progress events (see progress.py); `clock_start` is when the command
+        started (time.perf_counter()), so that --max-time counts reading the corpus too (default: now); `signals`
+        are the run's signal handlers when installed already (by `train()`, before the corpus is read)."""
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
+        self.session_base = 0.0  # the run's wall clock when this session's clock started
+        self.emit_is_silent = on_event is None
+        self.signals_installed = signals is not None
+        self.signals = signals if signals is not None else StopSignals()
         self.log = log if distributed.is_main_process() else (lambda line: None)  # rank 0 speaks for all
+        self.emit: EventSink = (on_event if on_event is not None and distributed.is_main_process()
+                                else (lambda kind, data: None))  # fmt: skip
         self.run_dir = Path(run_dir)
         self.notices: list[str] = []
         self.resumed_from: str | None = None
+        self.saved_config: TrainConfig | None = None  # the checkpoint's own training config, on resume
         payload = None
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, prefer=ckpt.LATEST)
@@ -242,7 +355,16 @@ class Trainer:
         self.amp = autocast_dtype(train_config.precision, self.device)
         check_autocast(self.device, self.amp)
         self.train_streams = Streams(train_ids, batch, seq_len, self.device, rows=self.dist.rows(batch))
-        self.val_streams = self._make_val_streams(val_ids, batch, seq_len)
+        if self.dist.world_size > len(val_ids) - 1:
+            raise CharlstmError(
+                f"validation split too small ({len(val_ids)} characters) for {self.dist.world_size} processes; "
+                f"add text or raise --val-frac"
+            )
+        # the periodic check scores a fixed, seeded slice of the split; the final evaluation the whole split
+        # (or, for a huge one, a larger seeded slice): both bounded, at inference speed
+        self.periodic_slice = validation.choose_slice(len(val_ids), train_config.eval_chars, train_config.seed)
+        self.final_slice = validation.choose_slice(len(val_ids), train_config.final_eval_chars, train_config.seed + 1)
+        self.last_eval_seconds = 0.0  # how long the last periodic validation took (to fit the budget)
 
         # model and optimiser
         model_config = replace(model_config, vocab_size=len(vocab))
@@ -265,19 +387,6 @@ class Trainer:
     def _notice(self, text: str) -> None:
         self.notices.append(text)
         self.log(f"note: {text}")
-
-    def _make_val_streams(self, val_ids, batch: int, seq_len: int) -> Streams:
-        """The validation split as streams; distributed, a multiple of the ranks, each scoring its share."""
-        val_batch = max(1, min(batch, (len(val_ids) - 1) // seq_len or 1))
-        world = self.dist.world_size
-        if world > 1:
-            val_batch = max(world, val_batch // world * world)
-            if len(val_ids) - 1 < val_batch:
-                raise CharlstmError(
-                    f"validation split too small ({len(val_ids)} characters) for {world} processes; "
-                    f"add text or raise --val-frac"
-                )
-        return Streams(val_ids, val_batch, seq_len, self.device, rows=self.dist.rows(val_batch))
 
     def _wrap(self, model: CharRNN) -> torch.nn.Module:
         """DistributedDataParallel around the model when there are several ranks (`self.model` stays the bare
@@ -307,9 +416,9 @@ class Trainer:
                 else:
                     merged_train = replace(merged_train, **{f: mine})
         # a fresh budget flag replaces the saved budget as a whole
-        budget = ("max_steps", "epochs", "max_time")
-        if explicit.intersection(budget):
-            merged_train = replace(merged_train, **{b: getattr(train_config, b) for b in budget})
+        if explicit.intersection(BUDGET_FIELDS):
+            merged_train = replace(merged_train, **{b: getattr(train_config, b) for b in BUDGET_FIELDS})
+        self.saved_config = saved_train
         return saved_model, merged_train
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -328,6 +437,8 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             _check_optimizer_state(self.optimizer)
             self.progress = from_dict(Progress, payload.get("progress", {}))
+            if "elapsed_seconds" not in payload.get("progress", {}):  # written before the wall clock was kept
+                self.progress.elapsed_seconds = self.progress.train_seconds
             if not 0 <= self.progress.position < len(self.train_streams):
                 self.progress.position = 0
             hidden = payload.get("hidden") or []  # every stream row's state, (layers, B, H) each
@@ -340,6 +451,28 @@ class Trainer:
         if self.dist.is_main:
             rows = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
             ckpt.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
+        self._continue_schedule()
+
+    def _continue_schedule(self) -> None:
+        """On resume with another budget or learning rate: re-plan the curve for the new budget, ramp to it from
+        the rate the run stopped at, and say so. An unchanged schedule continues exactly."""
+        saved, c, p = self.saved_config, self.config, self.progress
+        if saved is None or all(getattr(saved, f) == getattr(c, f) for f in SCHEDULE_FIELDS):
+            return
+        targets = self.train_streams.num_targets
+        old_fraction, new_fraction = budget_fraction(saved, p, targets), budget_fraction(c, p, targets)
+        was = lr_at(saved, old_fraction, p)
+        change = f"budget {budget_text(saved)} -> {budget_text(c)}"
+        if saved.lr != c.lr:
+            change += f", --lr {saved.lr:g} -> {c.lr:g}"
+        if new_fraction >= 1.0:
+            return  # the new budget is spent too: train() says so
+        p.ramp_from, p.ramp_to, p.ramp_lr = new_fraction, min(1.0, new_fraction + c.warmup_frac), was
+        self._notice(
+            f"{change} ({new_fraction:.0%} of it used): the learning-rate schedule is re-planned for the new budget; "
+            f"the rate goes from {was:.2e} to {_planned_lr(c, p.ramp_to):.2e} over the next {c.warmup_frac:.0%} of "
+            f"the budget, then follows the cosine down to {c.lr * c.min_lr_frac:.2e} at its end"
+        )
 
     def _rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
@@ -370,27 +503,31 @@ class Trainer:
 
     def budget_fraction(self) -> float:
         """How much of the budget is spent, 0..1: the most advanced of the budgets given."""
-        p, c = self.progress, self.config
-        fractions = []
-        if c.max_steps:
-            fractions.append(p.step / c.max_steps)
-        if c.max_time:
-            fractions.append(p.train_seconds / c.max_time)
-        if c.epochs:
-            fractions.append(p.chars_seen / (c.epochs * self.train_streams.num_targets))
-        return min(1.0, max(fractions)) if fractions else 0.0
+        return budget_fraction(self.config, self.progress, self.train_streams.num_targets)
 
     def _budget_reason(self) -> str | None:
         p, c = self.progress, self.config
         if c.max_steps and p.step >= c.max_steps:
             return "max_steps"
-        if c.max_time and p.train_seconds >= c.max_time:
+        if c.max_time and p.elapsed_seconds >= c.max_time:
             return "max_time"
         if c.epochs and p.chars_seen >= c.epochs * self.train_streams.num_targets:
             return "epochs"
         return None
 
-    # ------------------------------------------------------------------------------------ saving
+    def _remaining_seconds(self, session_seconds: float, session_steps: int, session_chars: int) -> float | None:
+        """Time left until the budget that will stop the run first, at this session's pace (validations and
+        saves included)."""
+        p, c = self.progress, self.config
+        estimates = []
+        if c.max_time:
+            estimates.append(c.max_time - p.elapsed_seconds)
+        if c.max_steps and session_steps:
+            estimates.append((c.max_steps - p.step) * session_seconds / session_steps)
+        if c.epochs and session_chars:
+            left = c.epochs * self.train_streams.num_targets - p.chars_seen
+            estimates.append(left * session_seconds / session_chars)
+        return max(0.0, min(estimates)) if estimates else None
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything to resume; distributed, every rank must call it (it gathers hidden and RNG states)."""
@@ -423,17 +560,33 @@ class Trainer:
                 f"the weights became NaN or infinite by step {self.progress.step}; stopped without saving them "
                 f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
             )
-        payload = self.checkpoint_payload()
-        error = None
-        if self.dist.is_main:
-            try:
-                ckpt.save_checkpoint(payload, self.run_dir / ckpt.LATEST)
-                if best:
-                    ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
-                ckpt.write_json(self.run_dir / ckpt.RUN_JSON, self.run_summary())
-            except BaseException as exc:  # a full disk, say: every rank stops, not only rank 0
-                error = exc
-        self.dist.settle(error, "saving a checkpoint")
+        with self._phase("saving"):
+            self._tick()
+            payload = self.checkpoint_payload()
+            error = None
+            if self.dist.is_main:
+                try:
+                    ckpt.save_checkpoint(payload, self.run_dir / ckpt.LATEST)
+                    if best:
+                        ckpt.copy_checkpoint(self.run_dir / ckpt.LATEST, self.run_dir / ckpt.BEST)
+                    ckpt.write_json(self.run_dir / ckpt.RUN_JSON, self.run_summary())
+                except BaseException as exc:  # a full disk, say: every rank stops, not only rank 0
+                    error = exc
+            self.dist.settle(error, "saving a checkpoint")
+
+    @contextmanager
+    def _phase(self, phase: str):
+        """A slow part of the run: the bar says so, and a signal during it is handled as the phase allows."""
+        self.emit("phase", {"phase": phase})
+        try:
+            with self.signals.phase_of(phase):
+                yield
+        finally:
+            self.emit("phase", {"phase": "training"})
+
+    def _tick(self) -> None:
+        """Advance the run's wall clock to now (this rank's clock; the loop agrees on rank 0's)."""
+        self.progress.elapsed_seconds = self.session_base + (time.perf_counter() - self.clock_start)
 
     def corpus_summary(self) -> dict[str, Any]:
         """Where the corpus came from, how to load it again, and its size in characters and records."""
@@ -465,48 +618,130 @@ class Trainer:
             "best_val_loss": _finite_or_none(p.best_val_loss),
             "best_val_bits_per_char": _finite_or_none(p.best_val_loss / math.log(2)),
             "last_val_loss": _finite_or_none(p.last_val_loss),
+            "final_val_loss": _finite_or_none(p.final_val_loss),
+            "validation": self.validation_summary(),
             "train_seconds": round(p.train_seconds, 6),
+            "elapsed_seconds": round(p.elapsed_seconds, 3),
             "chars_per_second": round(p.chars_seen / p.train_seconds, 1) if p.train_seconds > 0 else 0.0,
             "checkpoint_format_version": ckpt.VERSION,
         }
 
-    def _evaluate_and_save(self, save: bool = True) -> float:
+    def validation_summary(self) -> dict[str, Any]:
+        """Which validation figure is which: the periodic one (best_val_loss, last_val_loss, metrics.jsonl's
+        val_loss) scores a fixed slice; the final one (final_val_loss) the whole split or a larger slice."""
+        return {
+            "split_chars": len(self.data.val) - 1,
+            "periodic_chars": self.periodic_slice.chars,
+            "periodic_whole_split": self.periodic_slice.whole,
+            "final_chars": self.final_slice.chars,
+            "final_whole_split": self.final_slice.whole,
+        }
+
+    def _validate(self, chosen: validation.Slice) -> float | None:
+        """The loss over a slice of the validation split, or None when a signal cut it short."""
+        return validation.evaluate_slice(
+            self.model, self.data.val, chosen, self.device, self.amp, self.dist,
+            should_abort=lambda: self.signals.received is not None,
+        )  # fmt: skip
+
+    def _evaluate_and_save(self, final: bool = False) -> None:
+        """The periodic validation, then a save (best.pt too when it improved); at the end of the budget also the
+        final evaluation. A signal during a validation leaves it pending (run first on resume) and saves."""
         p = self.progress
-        val_loss = evaluate(self.model, self.val_streams, self.amp, self.dist)
+        started = time.perf_counter()
+        with self._phase("validating"):
+            val_loss = self._validate(self.periodic_slice)
+        if val_loss is None:
+            p.eval_pending = True
+            self.save()
+            return
+        self.last_eval_seconds = time.perf_counter() - started
+        p.eval_pending = False
         p.last_val_loss = val_loss
         improved = val_loss < p.best_val_loss
         if improved:
             p.best_val_loss = val_loss
+        self._tick()
         row = {
             "step": p.step,
             "chars_seen": p.chars_seen,
             "train_loss": p.loss_sum / p.loss_count if p.loss_count else None,
             "val_loss": val_loss,
             "val_bits_per_char": val_loss / math.log(2),
+            "val_chars": self.periodic_slice.chars,
             "seconds": round(p.train_seconds, 3),
+            "elapsed": round(p.elapsed_seconds, 3),
         }
         p.loss_sum, p.loss_count = 0.0, 0
-        if save:
-            self.save(best=improved)
+        if final and self.periodic_slice.whole:  # the periodic slice is the whole split already
+            p.final_val_loss = val_loss
+            row.update(final_val_loss=val_loss, final_val_chars=self.final_slice.chars, final_whole=True)
+        elif final:
+            self._final_evaluation(row)
+        self.save(best=improved)
         if self.dist.is_main:
             ckpt.append_metrics(self.run_dir, row)
-        return val_loss
+        self.emit("validation", {"row": row, "improved": improved})
+        if final and math.isfinite(p.final_val_loss):
+            self.emit("validation", {"row": row, "improved": False, "final": True})
+
+    def _final_evaluation(self, row: dict[str, Any]) -> None:
+        with self._phase("final evaluation"):
+            final = self._validate(self.final_slice)
+        if final is None:
+            self.log("note: the final evaluation was cut short; the periodic validation loss stands")
+            return
+        self.progress.final_val_loss = final
+        row.update(final_val_loss=final, final_val_chars=self.final_slice.chars, final_whole=self.final_slice.whole)
 
     # -------------------------------------------------------------------------------------- loop
 
     def train(
         self, should_stop: Callable[[int], bool] | None = None, show_progress: bool = True
     ) -> TrainResult:
+        """Run until the budget is spent, `should_stop(step)` says so, or a signal arrives. `show_progress`
+        without an `on_event` sink draws the default console progress (a bar, or log lines when piped)."""
+        console = None
+        if show_progress and self.dist.is_main and self.emit_is_silent:
+            console = ConsoleProgress()
+            self.emit, log = console, self.log
+            self.log = console.write
+        if not self.signals_installed:
+            self.signals.on_signal = self._on_signal
+        try:
+            with self.signals if not self.signals_installed else nullcontext():
+                return self._train(should_stop)
+        finally:
+            if console is not None:
+                console.close()
+                self.log = log
+
+    def _on_signal(self, name: str, phase: str) -> None:
+        self.emit("signal", {"signal": name, "phase": phase})
+        if self.emit_is_silent and self.dist.is_main:  # nobody draws events: still acknowledge it
+            self.log(f"{name}: stopping, then saving")
+
+    def _train(self, should_stop: Callable[[int], bool] | None) -> TrainResult:
         p, c = self.progress, self.config
+        self.session_base = p.elapsed_seconds
         if self.dist.is_main:
             ckpt.prepare_run_dir(self.run_dir)
             if self.resumed_from is None and p.step == 0:
                 ckpt.rewrite_metrics(self.run_dir, [])  # a new run: no evaluations from an earlier one
         model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
         world = self.dist.world_size
-        show_progress = show_progress and self.dist.is_main
+        self.signals.phase = "training"
         model.train()
+        self.emit("phase", {"phase": "training"})
+        if p.eval_pending:  # a validation cut short by a signal: it belongs to this checkpoint's step
+            self._evaluate_and_save(final=self._budget_reason() is not None)
+            if p.eval_pending:  # cut short again
+                return self.result(f"interrupt ({self.signals.received})")
         stopped_by = self._budget_reason()
+        if stopped_by is not None and self.resumed_from is not None:
+            if not math.isfinite(p.final_val_loss) and self.signals.received is None:
+                self._evaluate_and_save(final=True)  # the run was stopped before its final evaluation
+            return self.result("budget_spent")
         if stopped_by is None and not (c.max_steps or c.max_time or c.epochs):
             raise CharlstmError("no training budget: give --max-steps, --epochs or --max-time")
         # on GPU, reading the loss every step would stall the pipeline: read it every few steps
@@ -514,82 +749,83 @@ class Trainer:
         pending: list[torch.Tensor] = []
         last_save_time = p.train_seconds
         steps_since_save = 0
-        bar = tqdm(
-            total=1000,
-            initial=int(self.budget_fraction() * 1000),
-            disable=not show_progress,
-            bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}",
-            desc="train",
-            dynamic_ncols=True,
-            leave=False,
-        )
-        last_postfix = 0.0
-        with _catch_stop_signals() as signals:
-            while stopped_by is None:
-                started = time.perf_counter()
-                lr = lr_at(c, self.budget_fraction())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if p.position == 0:
-                    self.state = None  # the streams wrapped around: start from a zero state
-                x, y = streams.batch_at(p.position)  # (R, T) each: this rank's rows (R = B single-process)
-                targets = streams.targets_in(p.position)  # real targets of the window, all ranks' rows
-                with _autocast(self.device, self.amp):
-                    logits, state = model(x, self.state)  # (R, T, V)
-                # summed over this rank's rows, divided by the real targets of the window on all ranks, times
-                # the ranks: DDP's gradient average is then the gradient of the mean over all B rows, exactly
-                loss = self.loss_sum(logits, y) * (world / targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip, foreach=True)
-                pending.append(loss.detach())
-                if len(pending) >= sync_every:
-                    self._consume(pending)  # raises on a NaN/inf loss, before the step poisons the weights
-                optimizer.step()
-                self.state = detach_state(state)
-                p.chars_seen += targets
-                p.step += 1
-                p.position += 1
-                if p.position == len(streams):
-                    p.position = 0
-                    p.epoch += 1
-                p.train_seconds += time.perf_counter() - started
-                steps_since_save += 1
+        session_started, session_step, session_chars = time.perf_counter(), p.step, p.chars_seen
+        lr = lr_at(c, self.budget_fraction(), p)
+        while stopped_by is None:
+            started = time.perf_counter()
+            lr = lr_at(c, self.budget_fraction(), p)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if p.position == 0:
+                self.state = None  # the streams wrapped around: start from a zero state
+            x, y = streams.batch_at(p.position)  # (R, T) each: this rank's rows (R = B single-process)
+            targets = streams.targets_in(p.position)  # real targets of the window, all ranks' rows
+            with _autocast(self.device, self.amp):
+                logits, state = model(x, self.state)  # (R, T, V)
+            # summed over this rank's rows, divided by the real targets of the window on all ranks, times
+            # the ranks: DDP's gradient average is then the gradient of the mean over all B rows, exactly
+            loss = self.loss_sum(logits, y) * (world / targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip, foreach=True)
+            pending.append(loss.detach())
+            if len(pending) >= sync_every:
+                self._consume(pending)  # raises on a NaN/inf loss, before the step poisons the weights
+            optimizer.step()
+            self.state = detach_state(state)
+            p.chars_seen += targets
+            p.step += 1
+            p.position += 1
+            if p.position == len(streams):
+                p.position = 0
+                p.epoch += 1
+            p.train_seconds += time.perf_counter() - started
+            steps_since_save += 1
+            self._tick()
 
-                requested = should_stop is not None and should_stop(p.step)
-                # every rank takes rank 0's clock, and stops when any rank asks to or got a signal
-                p.train_seconds, requested, signalled = self.dist.agree(
-                    p.train_seconds, requested, signals["signal"] is not None
-                )
-                stopped_by = self._budget_reason()
-                if stopped_by is None and requested:
-                    stopped_by = "stop_request"
-                if stopped_by is None and signalled:
-                    stopped_by = "interrupt"
-                if stopped_by in (None, "max_steps", "max_time", "epochs") and (
-                    p.step % c.eval_every == 0 or stopped_by is not None
-                ):
-                    self._consume(pending)
+            requested = should_stop is not None and should_stop(p.step)
+            # every rank takes rank 0's clock, and stops when any rank asks to or got a signal
+            p.elapsed_seconds, requested, signalled = self.dist.agree(
+                p.elapsed_seconds, requested, self.signals.received is not None
+            )
+            self.session_base = p.elapsed_seconds - (time.perf_counter() - self.clock_start)
+            stopped_by = self._budget_reason()
+            if stopped_by is None and requested:
+                stopped_by = "stop_request"
+            if stopped_by is None and signalled:
+                stopped_by = "interrupt"
+            remaining = self._remaining_seconds(
+                time.perf_counter() - session_started, p.step - session_step, p.chars_seen - session_chars
+            )
+            if stopped_by in ("max_steps", "max_time", "epochs"):
+                self._consume(pending)
+                self._evaluate_and_save(final=True)
+                last_save_time, steps_since_save = p.train_seconds, 0
+            elif stopped_by is None and p.step % c.eval_every == 0:
+                self._consume(pending)
+                # a validation that would end past a time budget is left to the final one, which comes anyway
+                if not (c.max_time and remaining is not None and remaining < self.last_eval_seconds):
                     self._evaluate_and_save()
                     last_save_time, steps_since_save = p.train_seconds, 0
-                elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
+            elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
+                self._consume(pending)
+                self.save()
+                last_save_time, steps_since_save = p.train_seconds, 0
+            # a signal during a validation (every rank cut it short together and saved) or, single-process,
+            # during a save or the bookkeeping after the step: stop here (saved unless already)
+            if stopped_by is None and (p.eval_pending or (world == 1 and self.signals.received is not None)):
+                stopped_by = "interrupt"
+                if not p.eval_pending and steps_since_save:
                     self._consume(pending)
                     self.save()
-                    last_save_time, steps_since_save = p.train_seconds, 0
-
-                now = time.perf_counter()
-                if show_progress and (now - last_postfix > 0.5 or stopped_by is not None):
-                    last_postfix = now
-                    bar.set_postfix_str(
-                        f"step {p.step} loss {self.recent_loss or float('nan'):.3f} {p.chars_seen / max(p.train_seconds, 1e-9):,.0f} chars/s"
-                        f" lr {lr:.2e}",
-                        refresh=False,
-                    )
-                    bar.update(int(self.budget_fraction() * 1000) - bar.n)
-        bar.close()
+            self.emit("step", {
+                "step": p.step, "fraction": self.budget_fraction(), "loss": self.recent_loss,
+                "chars_per_second": p.chars_seen / max(p.train_seconds, 1e-9), "lr": lr,
+                "elapsed": p.elapsed_seconds, "remaining": remaining, "last": stopped_by is not None,
+            })  # fmt: skip
         if stopped_by == "interrupt":
-            stopped_by = f"interrupt ({signals['signal'] or 'signal to another rank'})"
+            stopped_by = f"interrupt ({self.signals.received or 'signal to another rank'})"
         return self.result(stopped_by)
 
     def _consume(self, pending: list[torch.Tensor]) -> None:
@@ -624,6 +860,10 @@ class Trainer:
             chars_per_second=p.chars_seen / p.train_seconds if p.train_seconds > 0 else 0.0,
             best_val_loss=p.best_val_loss,
             last_val_loss=p.last_val_loss,
+            final_val_loss=p.final_val_loss,
+            elapsed_seconds=p.elapsed_seconds,
+            budget=budget_text(self.config),
+            extend_with=extended_budget(self.config),
             params=self.model.num_params,
             vocab_size=len(self.vocab),
             device=str(self.device),
@@ -673,12 +913,34 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    on_event: EventSink | None = None,
+    clock_start: float | None = None,
 ) -> TrainResult:
-    """Train (or resume) a run. Under `torchrun` with several processes, every rank calls this."""
+    """Train (or resume) a run. Under `torchrun` with several processes, every rank calls this.
+
+    Progress goes to `on_event` (see progress.py); without one, `show_progress` draws the default console
+    progress on stderr. Ctrl-C and SIGTERM are handled from the start (reading the corpus included)."""
+    console = None
+    if on_event is None and show_progress and distributed.is_main_process():
+        console = ConsoleProgress()
+        on_event, log = console, console.write
+
+    def acknowledge(name: str, phase: str) -> None:
+        if not distributed.is_main_process():
+            return
+        if on_event is not None:
+            on_event("signal", {"signal": name, "phase": phase})
+        else:
+            log(f"{name}: stopping" + (" (nothing trained yet)" if phase == "setup" else ", then saving"))
+
     trainer = None
     try:
-        trainer = Trainer(corpus, model_config, train_config, run_dir, resume_from, explicit, log)
-        result = trainer.train(should_stop=should_stop, show_progress=show_progress)
+        with StopSignals(acknowledge) as signals:
+            trainer = Trainer(
+                corpus, model_config, train_config, run_dir, resume_from, explicit, log,
+                on_event=on_event, clock_start=clock_start, signals=signals,
+            )  # fmt: skip
+            result = trainer.train(should_stop=should_stop, show_progress=False)
     except BaseException:
         # leave the group without waiting: the other ranks may never arrive (torchrun stops them); a process
         # that exits with its group alive can abort in gloo's threads ("terminate called without an active
@@ -687,6 +949,9 @@ def train(
             trainer.forward_model = None  # the DDP wrapper: not the last holder of the group (see _destroy_group)
         distributed.abandon()
         raise
+    finally:
+        if console is not None:
+            console.close()
     trainer.forward_model = None
     distributed.teardown(trainer.dist)
     return result

@@ -164,7 +164,7 @@ def test_odd_but_valid_text_trains_and_samples(tmp_path, monkeypatch, name, data
         assert "é" in vocab and "ñ" in vocab
     sample = invoke("sample", run, "--length", "50", "--seed", "1")
     assert_trains(sample)
-    assert set(sample.output) <= set(vocab) | {"\n"}
+    assert set(sample.stdout) <= set(vocab) | {"\n"}
 
 
 # -------------------------------------------------------------------------------------------- flags

@@ -31,9 +31,10 @@ def test_train_sample_info_end_to_end(tmp_path, corpus_file, monkeypatch):
 
     sample = run_cli("sample", "--length", "60", "--seed", "3")  # the most recent run, no path
     assert sample.exit_code == 0, sample.output
-    assert len(sample.output.rstrip("\n")) == 60
+    assert len(sample.stdout.rstrip("\n")) == 60
+    assert "Sampling from checkpoints/corpus/best.pt (step 20" in sample.stderr  # it names the run it chose
     again = run_cli("sample", run, "--length", "60", "--seed", "3")
-    assert again.output == sample.output
+    assert again.stdout == sample.stdout
 
     info = run_cli("info", run, "--json")
     data = json.loads(info.output)

@@ -354,7 +354,7 @@ def test_cli_directory_glob_resume_info_and_record_sampling(tmp_path, tree, monk
     assert temps.exit_code == 0, temps.output
     assert temps.output.count("═══ temperature") == 2 and temps.output.count("─── sample") == 4
     lines = runner.invoke(app, ["sample", str(run), "-N", "3", "--format", "jsonl", "--length", "20", "--prime", "de",
-                                "--seed", "1"]).output.splitlines()  # fmt: skip
+                                "--seed", "1"]).stdout.splitlines()  # fmt: skip
     rows = [json.loads(line) for line in lines]
     assert [r["sample"] for r in rows] == [1, 2, 3] and all(r["text"].startswith("de") and len(r["text"]) <= 22 for r in rows)
     bad = runner.invoke(app, ["sample", str(run), "--temp", "0.5,x"])
