@@ -11,7 +11,9 @@
   * `ChunkedTorchStepper` (CUDA): `chunk` steps of model + draw captured as one CUDA graph, uniforms copied
     in per chunk, the host reading ids back once per chunk. Without CUDA it runs the same code eagerly.
   * `TorchStepper`: the model called once per character, any cell and device (the plain reference path).
-All of them draw the same uniforms from the seeded generator and use the same rule (`charlstm.draw`).
+All of them draw the same uniforms from the seeded generator and use the same rule (`charlstm.draw`), and
+all of them start the same way: `TorchStepper.start` feeds the start text through the model in one call, from
+zeros or from a given state (a record start state, see charlstm/starts.py), before their own steps take over.
 """
 
 from __future__ import annotations
