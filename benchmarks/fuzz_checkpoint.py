@@ -107,24 +107,34 @@ def _start_states(payload: dict, k: int) -> list[torch.Tensor]:
     return [torch.randn(config["layers"], k, config["hidden"], generator=gen).tanh() for _ in range(count)]
 
 
+def _rank_states(ranks: int) -> list[dict[str, torch.Tensor]]:
+    """What a run of several processes saves in rng['ranks']: each process's own generator state."""
+    return [{"torch": torch.get_rng_state()} for _ in range(ranks)]
+
+
 def make_seeds(work: Path) -> list[Seed]:
     """Train the three tiny models (about a second each) and save the variants."""
     from charlstm.train import train
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name, model in SEED_MODELS.items():
-        run = work / f"seed-{name}"
-        shutil.rmtree(run, ignore_errors=True)
-        train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run,
-              show_progress=False, log=lambda s: None)  # fmt: skip
-        paths[name] = run / "latest.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second OpenMP thread only spins against the first on a busy machine
+    try:
+        for name, model in SEED_MODELS.items():
+            run = work / f"seed-{name}"
+            shutil.rmtree(run, ignore_errors=True)
+            train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run,
+                  show_progress=False, log=lambda s: None)  # fmt: skip
+            paths[name] = run / "latest.pt"
+    finally:
+        torch.set_num_threads(threads)
     variants = {
         "lstm-noopt": ("lstm", lambda p: p.pop("optimizer")),
         "gru-noopt": ("gru", lambda p: p.pop("optimizer")),
         "rnn-starts": ("rnn", lambda p: p.__setitem__("start_states", _start_states(p, 5))),
         "lstm-starts": ("lstm", lambda p: p.__setitem__("start_states", _start_states(p, 3))),
-        "gru-ranks": ("gru", lambda p: p["rng"].__setitem__("ranks", [{"torch": torch.get_rng_state()} for _ in range(2)])),
+        "gru-ranks": ("gru", lambda p: p["rng"].__setitem__("ranks", _rank_states(2))),
     }  # fmt: skip
     for name, (base, edit) in variants.items():
         payload = torch.load(paths[base], weights_only=True)
@@ -435,11 +445,10 @@ def m_overlap(rng, seed, out, marker):
     name = rng.choice([n for n, t in p["model"].items() if t.dim() == 2])
     shape = tuple(p["model"][name].shape)
     how = rng.choice(["rows-overlap", "all-one-stride", "big-stride-out-of-range"])
-    base = torch.randn(shape[1] + 3)
-    if how == "rows-overlap":
-        view = base.as_strided(shape, (1, 1))
-    elif how == "all-one-stride":
-        view = base.as_strided(shape, (0, 1))
+    if how == "rows-overlap":  # row i starts at element i: rows share all but one element with the next
+        view = torch.randn(shape[0] + shape[1]).as_strided(shape, (1, 1))
+    elif how == "all-one-stride":  # every row is the same elements
+        view = torch.randn(shape[1]).as_strided(shape, (0, 1))
     else:
         base = torch.randn(shape[0] * shape[1] * 2)
         view = base.as_strided(shape, (shape[1] * 2, 1))  # in range of its storage, but not owning it
@@ -710,8 +719,8 @@ def m_corpus(rng, seed, out, marker):
 @mutation("structure")
 def m_structure(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
-    how = rng.choice(["list", "none", "model-list", "model-tensor", "format", "version-0", "version-2",
-                      "version-huge", "version-str", "version-bool", "config-list", "weights-in-ordereddict"])  # fmt: skip
+    how = rng.choice(["list", "none", "model-list", "model-tensor", "format", "version-0", "version-2", "version-huge",
+                      "version-str", "version-bool", "config-list", "weights-in-ordereddict"])  # fmt: skip
     value: Any = p
     if how == "list":
         value = [p]
@@ -871,7 +880,8 @@ def m_zip(rng, seed, out, marker):
                + pglobal("torch", "FloatStorage") + pstr("0") + pstr("cpu") + pint(numel) + b"tQ" + pint(0)
                + b"(" + pint(numel) + b"t(" + pint(1) + b"t\x89" + pglobal("collections", "OrderedDict")
                + b")RtRu.")  # fmt: skip
-        write_zip(out, [(f"{prefix}/data.pkl", pkl), (f"{prefix}/data/0", bytes(numel * 4))],
+        write_zip(out, [(f"{prefix}/data.pkl", pkl), (f"{prefix}/byteorder", b"little"),
+                        (f"{prefix}/data/0", bytes(numel * 4)), (f"{prefix}/version", b"3\n")],
                   compress=lambda n: True)  # fmt: skip
     elif how == "dup-pickle":
         index, data = pickle_of(entries)
@@ -955,7 +965,7 @@ def m_bomb(rng, seed, out, marker):
     how = rng.choice(["bytearray", "bytearray-huge", "tensor-new", "deep-tuple-key", "deep-tuple-value",
                       "deep-list", "dag-corpus", "cycle", "long-binput", "memo-flood", "mark-flood",
                       "big-pickle", "unicode-len-lie", "huge-long", "set", "counter", "_codecs", "none-flood",
-                      "string-flood"])  # fmt: skip
+                      "string-flood", "colliding-keys"])  # fmt: skip
     must, value = True, b""
     if how == "bytearray":
         value = pglobal("builtins", "bytearray") + b"(" + pint(2**31 - 1) + b"tR"
@@ -964,7 +974,7 @@ def m_bomb(rng, seed, out, marker):
     elif how == "tensor-new":
         value = pglobal("torch", "Tensor") + b"(" + pint(100_000) + pint(100_000) + b"t\x81"
     elif how == "deep-tuple-key":  # hashing it overflows the C stack: torch.load dies of SIGSEGV
-        value = b"}N" + b"\x85" * 600_000 + pint(1) + b"s"
+        value = b"}N" + b"\x85" * 300_000 + pint(1) + b"s"
     elif how == "deep-tuple-value":
         value = b"N" + b"\x85" * 600_000
     elif how == "deep-list":
@@ -981,6 +991,8 @@ def m_bomb(rng, seed, out, marker):
         value = b"]q\x00(" + b"h\x00" * 1_500_000 + b"e"  # 3 MB: within the pickle's size limit
     elif how == "mark-flood":
         value = b"(" * 1_000_000 + b"N"
+    elif how == "colliding-keys":  # ints whose hashes are all 0: a dict of them fills in quadratic time
+        value = b"}(" + b"".join(pint(k * (2**61 - 1)) + b"N" for k in range(1, 40_001)) + b"u"
     elif how == "none-flood":  # the most opcodes the pickle's size limit allows, each a stack push
         value = b"(" + b"N" * ((4 << 20) - len(data) - 64) + b"t"
     elif how == "string-flood":  # a vocabulary-like list of as many short strings as fit
@@ -1024,10 +1036,15 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     """What the commands do with a checkpoint; returns 'loaded' (or raises)."""
     from charlstm import checkpoint as ckpt
     from charlstm import cli, sample
-    from charlstm.config import SampleConfig
+    from charlstm.config import SampleConfig, from_dict
+    from charlstm.data import Vocab
+    from charlstm.model import CharRNN
 
-    ckpt.load_model_checkpoint(path)
-    loaded = sample.load_model(path)
+    payload = ckpt.load_model_checkpoint(path)
+    # the model built as sample.load_model builds it (from the payload loaded above: one load less per case)
+    model = CharRNN(from_dict(ModelConfig, payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    loaded = sample.LoadedModel(model=model.eval(), vocab=Vocab(payload["vocab"]), path=path, payload=payload)
     sample.sample_text(loaded, SampleConfig(length=8, seed=1, num_samples=2))
     data = cli._info(path)
     if hasattr(cli, "_info_rows"):
@@ -1089,16 +1106,25 @@ class Worker:
     def __init__(self, as_limit_mb: int, log: Path):
         self.as_limit_mb, self.log = as_limit_mb, log
         self.process: subprocess.Popen | None = None
+        self.ready = False
         self.baseline_rss = 0
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the process (it imports torch: seconds, which the caller may spend on something else)."""
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--as-limit-mb", str(self.as_limit_mb)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=open(self.log, "ab"), text=True, cwd=ROOT)  # fmt: skip
-        hello = self._read(120)
-        if hello is None or not hello.get("ready"):
-            raise RuntimeError(f"the fuzz worker did not start (see {self.log})")
-        self.baseline_rss = hello["rss"]
+        self.ready = False
+
+    def start(self) -> None:
+        """Launch if needed, and wait until the worker is ready for cases."""
+        if self.process is None or self.process.poll() is not None:
+            self.launch()
+        if not self.ready:
+            hello = self._read(120)
+            if hello is None or not hello.get("ready"):
+                raise RuntimeError(f"the fuzz worker did not start (see {self.log})")
+            self.baseline_rss, self.ready = hello["rss"], True
 
     def _read(self, timeout: float) -> dict | None:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
@@ -1108,7 +1134,7 @@ class Worker:
         return json.loads(line) if line else None
 
     def submit(self, path: Path, seed: str, resume: bool, marker: Path) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None or not self.ready:
             self.start()
         self.process.stdin.write(json.dumps({"path": str(path), "seed": seed, "resume": resume,
                                              "marker": str(marker)}) + "\n")  # fmt: skip
@@ -1136,7 +1162,7 @@ class Worker:
                 self.process.wait(10)
             except OSError:
                 pass
-            self.process = None
+            self.process, self.ready = None, False
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -1244,12 +1270,18 @@ def report(results: list[Result], elapsed: float) -> str:
         largest = max(results, key=lambda r: r.rss_delta_mb)
         highest = max(results, key=lambda r: r.rss_peak_mb)
         lines.append("")
-        lines.append(f"cases: {len(results)} in {elapsed:.0f} s")
-        lines.append(f"largest time of a case: {slowest.seconds:.3f} s ({slowest.kind}/{slowest.variant}, {slowest.outcome})")
-        lines.append(f"largest RSS growth of a case: {largest.rss_delta_mb:.1f} MB over the worker's resident size before it "
+        mean = sum(r.seconds for r in results) / len(results)
+        lines.append(f"cases: {len(results)} in {elapsed:.0f} s (a case's targets took {mean * 1000:.1f} ms on average)")
+        lines.append(f"largest time of a case: {slowest.seconds:.3f} s "
+                     f"({slowest.kind}/{slowest.variant}, {slowest.outcome})")  # fmt: skip
+        lines.append(f"largest RSS growth of a case: {largest.rss_delta_mb:.1f} MB over the worker's RSS before it "
                      f"({largest.kind}/{largest.variant}, {largest.outcome})")  # fmt: skip
         lines.append(f"largest peak RSS (VmHWM) of the worker in a case: {highest.rss_peak_mb:.0f} MB "
                      f"({highest.kind}/{highest.variant})")  # fmt: skip
+    skipped = Counter(r.kind for r in results if r.variant.startswith("n/a"))
+    if skipped:
+        lines.append("mutations that did not apply to their seed (a copy of it ran instead): "
+                     + ", ".join(f"{kind} {count}" for kind, count in sorted(skipped.items())))  # fmt: skip
     bad = [r for r in results if r.outcome == "BAD"]
     for r in bad[:40]:
         lines.append(f"BAD {r.kind}/{r.variant} (seed {r.seed}): {r.message}")
@@ -1258,6 +1290,108 @@ def report(results: list[Result], elapsed: float) -> str:
     lines.append("most common refusals (kind: message after the file name):")
     for (kind, message), count in messages.most_common(25):
         lines.append(f"  {count:>5}  {kind}: {message}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- bombs, ours vs torch.load
+
+TORCH_LOAD_PROBE = r"""
+import json, resource, sys, time, torch
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+limit = status("VmSize") + (int(sys.argv[2]) << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")
+before, start = status("VmRSS"), time.perf_counter()
+try:
+    payload = torch.load(sys.argv[1], weights_only=True)
+    weights = payload.get("model", {}) if isinstance(payload, dict) else {}
+    finite = all(bool(torch.isfinite(t).all()) for t in weights.values())  # what the old check did next
+    outcome = "loaded" + ("" if finite else " (not finite)")
+except BaseException as exc:
+    outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90] if str(exc) else ''}"
+print(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - start,
+                  "rss_mb": (status("VmHWM") - before) / 2**20}))
+"""
+
+
+def torch_load_probe(path: Path, as_limit_mb: int, timeout: float = 120.0) -> dict:
+    """torch.load(weights_only=True) of `path`, then the finiteness check of the weights, in a fresh process
+    under the same address-space limit as the worker (it may die of a signal)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", TORCH_LOAD_PROBE, str(path), str(as_limit_mb)],
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"outcome": f"no answer within {timeout:.0f} s", "seconds": timeout, "rss_mb": float("nan")}
+    if done.returncode != 0:
+        signal_name = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        return {"outcome": f"process died ({signal_name})", "seconds": float("nan"), "rss_mb": float("nan")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class Fixed(random.Random):
+    """A generator whose choice() picks `variant` when it is offered."""
+
+    def __init__(self, variant: str):
+        super().__init__(0)
+        self.variant = variant
+
+    def choice(self, options):
+        return self.variant if self.variant in options else super().choice(options)
+
+
+def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
+    """Named hostile checkpoints, made from the LSTM seed: the memory bombs this work is about."""
+    from charlstm.safeload import expected_weights
+
+    lstm = next(s for s in seeds if s.name == "lstm")
+    files: dict[str, Path] = {}
+    for hidden in (60000, 6000):
+        payload = {k: v for k, v in lstm.payload.items() if k not in ("optimizer", "hidden")}
+        payload["model_config"] = {**payload["model_config"], "hidden": hidden}
+        shapes = expected_weights(ModelConfig(**payload["model_config"]))
+        payload["model"] = {name: torch.zeros(1).expand(shape) for name, shape in shapes.items()}
+        files[f"stride-0 weights, hidden {hidden}"] = work / f"bomb-expand-{hidden}.pt"
+        torch.save(payload, files[f"stride-0 weights, hidden {hidden}"])
+    variants = {"bytearray": "REDUCE builtins.bytearray(2**31 - 1)", "deep-tuple-key": "dict key of 300k nested tuples",
+                "colliding-keys": "dict of 40k int keys of one hash", "none-flood": "4 MB pickle of pushes",
+                "dag-corpus": "corpus: 80-level DAG of tuples"}  # fmt: skip
+    for variant, label in variants.items():
+        files[label] = work / f"bomb-{variant}.pt"
+        m_bomb(Fixed(variant), lstm, files[label], work / "marker")
+    files["deflate zip bomb (200 MB record)"] = work / "bomb-zip.pt"
+    m_zip(Fixed("zip-bomb"), lstm, files["deflate zip bomb (200 MB record)"], work / "marker")
+    entries = entries_of(lstm.raw)
+    _, data = pickle_of(entries)
+    ops = opcodes(data)
+    j = next(i for i, op in enumerate(ops) if op[0] == "BINPERSID")
+    numel = next(op for op in reversed(ops[:j]) if op[0] in INT_OPS)
+    files["storage declares 10**10 elements"] = work / "bomb-lie.pt"
+    write_zip(files["storage declares 10**10 elements"],
+              with_pickle(entries, data[: numel[2]] + pint(10**10) + data[numel[3] :]))  # fmt: skip
+    return files
+
+
+def bomb_report(seeds: list[Seed], work: Path, as_limit_mb: int) -> str:
+    worker = Worker(as_limit_mb, work / "bomb-worker.log")
+    lines = [f"{'hostile checkpoint':<38} {'bytes':>9}  charlstm (every command's target)                       "
+             f"            torch.load(weights_only=True) + isfinite of the weights"]  # fmt: skip
+    try:
+        warm = seeds[0]
+        worker.run(warm.path, warm.name, True, work / "warm-marker")
+        for label, path in bomb_files(seeds, work).items():
+            ours = worker.run(path, "lstm", False, work / "marker")
+            growth = (ours["rss_peak"] - ours["rss_before"]) / 2**20
+            answer = f"{ours['outcome']}: {ours['message'].split(': ', 1)[-1][:60]}"
+            theirs = torch_load_probe(path, as_limit_mb)
+            lines.append(f"{label:<38} {path.stat().st_size:>9}  {answer:<70} {ours['seconds']:>6.3f} s "
+                         f"{growth:>6.1f} MB | {theirs['outcome'][:70]}  {theirs['seconds']:.2f} s "
+                         f"{theirs['rss_mb']:.0f} MB")  # fmt: skip
+    finally:
+        worker.stop()
     return "\n".join(lines)
 
 
@@ -1271,6 +1405,7 @@ def main() -> int:
     parser.add_argument("--as-limit-mb", type=int, default=3072, help="the worker's address-space headroom")
     parser.add_argument("--kinds", default="", help="comma-separated mutation kinds (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--no-bombs", action="store_true", help="skip the table of bombs against torch.load")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -1286,6 +1421,11 @@ def main() -> int:
           f"{args.time_limit:g} s and {args.rss_limit_mb:g} MB per case, worker address space +{args.as_limit_mb} MB",
           flush=True)  # fmt: skip
     kinds = [k for k in args.kinds.split(",") if k] or None
+    if not args.no_bombs:
+        print("\nmemory bombs and other hostile files: time and RSS growth of the case (VmHWM over VmRSS before it), "
+              f"both sides under an address-space limit of +{args.as_limit_mb} MB")  # fmt: skip
+        print(bomb_report(seeds, work, args.as_limit_mb), flush=True)
+        print()
     begin = time.perf_counter()
 
     def progress(done: int) -> None:

@@ -25,8 +25,8 @@ two files), in two steps:
    dense and contiguous, offset 0, owning exactly its storage, no storage shared with another tensor.
 2. `Scanned.materialize`: only after the caller's own checks (checkpoint.py: the format; for a model, every
    key against its config) on that structure, each tensor's bytes are read from its record (CRC-checked) into
-   a tensor of its own, and the same pickle is run once more to build the payload with them. Memory is then
-   the records' bytes (at most the file's size) plus the small structure.
+   a tensor of its own, which takes the place of its TensorSpec. Memory is then the records' bytes (at most
+   the file's size, the records being disjoint) plus the structure (bounded by the pickle's size and budgets).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from .config import CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
 from .errors import CharlstmError
 
 MAX_PICKLE_BYTES = 4 << 20  # data.pkl: a vocabulary of ~290k characters fits
-MAX_ENTRIES = 200_000  # zip entries (a real checkpoint: ~3 per weight, plus a few)
-MAX_DIRECTORY_BYTES = 64 << 20  # the zip's central directory
+MAX_ENTRIES = 50_000  # zip entries (a real checkpoint: ~3 per weight, one per rank's RNG state, a few more)
+MAX_DIRECTORY_BYTES = 8 << 20  # the zip's central directory (Python's zipfile holds ~0.4 KB per 46-byte entry)
 MAX_OPS = 1_500_000  # a real pickle of 4 MB (a 290k-character vocabulary) has ~1.2M; ~1 s of parsing
 MAX_CONTAINERS = 500_000  # lists, dicts, tuples and marks the pickle may create (each costs ~64 bytes)
 MAX_ITEMS = 2_000_000  # items visited walking the payload (each reference counts, shared or not)
@@ -61,7 +61,7 @@ MAX_VOCAB = 0x110000 + 1  # every Unicode code point, and the end-of-record mark
 MAX_INT = 2**63 - 1  # config and progress numbers
 MAX_START_STATES = 1024
 MAX_RNG_BYTES = 1 << 20  # a CPU generator state is 5056 bytes, a CUDA one 16
-MAX_RANKS = 1 << 16
+MAX_RANKS = 4096  # per-process RNG states
 MAX_CORPUS_DEPTH = 16
 MAX_CORPUS_ITEMS = 200_000
 MAX_CORPUS_CHARS = 1 << 24
@@ -149,6 +149,9 @@ def _directory_bounds(handle: BinaryIO, size: int) -> tuple[int, int, int]:
     return n_total, cd_offset, cd_size
 
 
+STORED = "torch.save stores entries as they are"
+
+
 def _open_archive(handle: BinaryIO) -> _Archive:
     size = os.fstat(handle.fileno()).st_size
     entries, cd_offset, _ = _directory_bounds(handle, size)
@@ -168,7 +171,7 @@ def _open_archive(handle: BinaryIO) -> _Archive:
         if name in records:
             raise CorruptCheckpoint(f"it holds two entries named {name[:80]!r}")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-            raise CorruptCheckpoint(f"its entry {name[:80]!r} is compressed (torch.save stores entries as they are)")
+            raise CorruptCheckpoint(f"its entry {name[:80]!r} is compressed ({STORED})")
         if info.flag_bits & 0x1:
             raise CorruptCheckpoint(f"its entry {name[:80]!r} is encrypted")
         local = _read_at(handle, info.header_offset, 30) if info.header_offset + 30 <= size else b""
@@ -177,8 +180,9 @@ def _open_archive(handle: BinaryIO) -> _Archive:
         method, = struct.unpack("<H", local[8:10])
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         if method != zipfile.ZIP_STORED:
-            raise CorruptCheckpoint(f"its entry {name[:80]!r} is compressed (torch.save stores entries as they are)")
-        if _read_at(handle, info.header_offset + 30, name_len) != info.orig_filename.encode("utf-8", "surrogateescape"):
+            raise CorruptCheckpoint(f"its entry {name[:80]!r} is compressed ({STORED})")
+        local_name = _read_at(handle, info.header_offset + 30, name_len)
+        if local_name != info.orig_filename.encode("utf-8", "surrogateescape"):
             raise CorruptCheckpoint("an entry's local header names another file")
         start = info.header_offset + 30 + name_len + extra_len
         if start + info.file_size > cd_offset:
@@ -274,7 +278,16 @@ _BININT, _BININT1, _BININT2, _LONG1, _BINFLOAT, _BINUNICODE = ord("J"), ord("K")
 _BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
 _APPEND, _APPENDS, _SETITEM, _SETITEMS = ord("a"), ord("e"), ord("s"), ord("u")
 
-_KEY_TYPES = (str, int, float, bool, type(None))  # mapping keys: hashing a nested tuple can overflow the C stack
+
+
+def _plain_key(key: Any) -> bool:
+    """A mapping key a checkpoint may have: a string, or a small whole number (an optimizer's parameter index).
+    Not a tuple (hashing one nested a million deep overflows the C stack: torch.load dies of SIGSEGV), nor a
+    float or a big int (their hashes can be made to collide, and a dict of colliding keys fills in quadratic
+    time; str hashes are salted)."""
+    kind = type(key)
+    return kind is str or kind is bool or key is None or (kind is int and -(2**31) <= key < 2**31)
+
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:")
 
 
@@ -373,16 +386,16 @@ class _Machine:
                 if type(target) not in (dict, OrderedDict) or len(items) % 2:
                     raise CorruptCheckpoint("its pickle sets items of something that is not a mapping")
                 for i in range(0, len(items), 2):
-                    if type(items[i]) not in _KEY_TYPES:
-                        raise CorruptCheckpoint("its pickle has a mapping key that is not a string or a number")
+                    if not _plain_key(items[i]):
+                        raise CorruptCheckpoint("its pickle has a mapping key that is not a string or a small number")
                     target[items[i]] = items[i + 1]
             elif op == _SETITEM:
                 value, key = stack.pop(), stack.pop()
                 target = stack[-1]
                 if type(target) not in (dict, OrderedDict):
                     raise CorruptCheckpoint("its pickle sets items of something that is not a mapping")
-                if type(key) not in _KEY_TYPES:
-                    raise CorruptCheckpoint("its pickle has a mapping key that is not a string or a number")
+                if not _plain_key(key):
+                    raise CorruptCheckpoint("its pickle has a mapping key that is not a string or a small number")
                 target[key] = value
             elif op == _APPENDS:
                 items = stack
@@ -466,7 +479,7 @@ class _Machine:
         record = self.archive.records.get(f"data/{key}")
         if record is None:
             raise CorruptCheckpoint(f"its storage data/{key} is missing from the archive")
-        itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
+        itemsize = storage_type.dtype.itemsize
         if record.size != numel * itemsize:
             raise CorruptCheckpoint(
                 f"its storage data/{key} declares {numel} x {itemsize} bytes but the archive holds {record.size}"
@@ -592,7 +605,6 @@ class Scanned:
     """A checkpoint whose archive and structure are checked; `payload` has TensorSpec where tensors will be."""
 
     payload: Any
-    file_size: int
     places: list[tuple[TensorSpec, Any, Any]]  # every tensor, with the container and key that hold it
     _archive: _Archive
     _pickle: bytes
@@ -647,7 +659,7 @@ def scan(handle: BinaryIO) -> Scanned:
         raise CorruptCheckpoint("its pickle is damaged (checksum)")
     payload = _Machine(data, archive).run()
     places = _walk(payload)
-    return Scanned(payload=payload, file_size=archive.size, places=places, _archive=archive, _pickle=data)
+    return Scanned(payload=payload, places=places, _archive=archive, _pickle=data)
 
 
 # ----------------------------------------------------------------------------- a charlstm model's payload
@@ -932,7 +944,8 @@ def _check_corpus(corpus: Any) -> None:
     for key in ("chars", "records"):
         if type(corpus.get(key)) not in (int, type(None)):
             raise CharlstmError(f"its corpus {key} is not a whole number")
-    if lengths is not None and (type(lengths) is not dict or not all(type(v) in (int, float) for v in lengths.values())):
+    numbers = type(lengths) is dict and all(type(v) in (int, float) for v in lengths.values())
+    if lengths is not None and not numbers:
         raise CharlstmError("its corpus record lengths are not numbers")
     if config is not None:
         from_dict(CorpusConfig, config).validate()
