@@ -1271,7 +1271,8 @@ def report(results: list[Result], elapsed: float) -> str:
         highest = max(results, key=lambda r: r.rss_peak_mb)
         lines.append("")
         mean = sum(r.seconds for r in results) / len(results)
-        lines.append(f"cases: {len(results)} in {elapsed:.0f} s (a case's targets took {mean * 1000:.1f} ms on average)")
+        lines.append(f"cases: {len(results)} in {elapsed:.0f} s (the targets of a case: {mean * 1000:.1f} ms "
+                     f"on average)")  # fmt: skip
         lines.append(f"largest time of a case: {slowest.seconds:.3f} s "
                      f"({slowest.kind}/{slowest.variant}, {slowest.outcome})")  # fmt: skip
         lines.append(f"largest RSS growth of a case: {largest.rss_delta_mb:.1f} MB over the worker's RSS before it "

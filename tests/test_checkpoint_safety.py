@@ -144,8 +144,8 @@ def test_compressed_entries_and_a_zip_bomb(seeds, worker, tmp_path):
     assert answer["seconds"] < 5.0 and answer["rss_mb"] < 50, answer
 
 
-BOMBS = ["dag-corpus", "cycle", "deep-tuple-key", "colliding-keys", "deep-list", "bytearray", "tensor-new", "memo-flood",
-         "none-flood", "big-pickle"]  # fmt: skip
+BOMBS = ["dag-corpus", "cycle", "deep-tuple-key", "colliding-keys", "deep-list", "bytearray", "tensor-new",
+         "memo-flood", "none-flood", "big-pickle"]  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", BOMBS)
