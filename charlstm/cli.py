@@ -180,7 +180,8 @@ def train(
     clock_start = time.perf_counter()  # --max-time counts from here: reading the corpus is part of the run
     from .data import default_corpus, load_corpus
     from .distributed import is_main_process
-    from .train import pick_device, train as run_training
+    from .runlock import RunLock
+    from .train import pick_device, run_dir_for, train as run_training
 
     given = {k: v for k, v in locals().items() if v is not None and k != "clock_start"}
     try:
@@ -223,27 +224,32 @@ def train(
             for note in data.notes:
                 err.print(note, markup=False, soft_wrap=True)
         run_dir = out_dir or ckpt.DEFAULT_ROOT / data.name
-        if resume_path is None and (run_dir / ckpt.LATEST).exists():
-            if not overwrite:
-                raise CharlstmError(
-                    f"{run_dir} already holds a run; continue it with --resume, or replace it with --overwrite "
-                    f"(or choose another --out)"
-                )
-            if is_main_process():
-                ckpt.clear_run(run_dir)
-        if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
-            train_config.max_time = DEFAULT_MAX_TIME
-        result = run_training(
-            data,
-            model_config,
-            train_config,
-            run_dir,
-            resume_from=resume_path,
-            explicit=explicit,
-            show_progress=not quiet,
-            log=lambda line: err.print(line, markup=False, soft_wrap=True),
-            clock_start=clock_start,
-        )
+        # the run's lock is taken before an old run is cleared (--overwrite): a run being trained is never touched
+        lock = RunLock.acquire(run_dir_for(run_dir, resume_path), enabled=is_main_process())
+        try:
+            if resume_path is None and (run_dir / ckpt.LATEST).exists():
+                if not overwrite:
+                    raise CharlstmError(
+                        f"{run_dir} already holds a run; continue it with --resume, or replace it with --overwrite "
+                        f"(or choose another --out)"
+                    )
+                if is_main_process():
+                    ckpt.clear_run(run_dir)
+            if not (explicit & {"max_steps", "epochs", "max_time"}) and resume_path is None:
+                train_config.max_time = DEFAULT_MAX_TIME
+            result = run_training(
+                data,
+                model_config,
+                train_config,
+                run_dir,
+                resume_from=resume_path,
+                explicit=explicit,
+                show_progress=not quiet,
+                log=lambda line: err.print(line, markup=False, soft_wrap=True),
+                clock_start=clock_start,
+            )
+        finally:
+            lock.release()
     except PeerFailedError:  # under torchrun: the process that failed prints the reason
         raise typer.Exit(1) from None
     except CharlstmError as exc:

@@ -23,6 +23,7 @@ from .data import IGNORE_INDEX, Corpus, Streams, Vocab, check_trainable, fit_bat
 from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list
 from .progress import ConsoleProgress, EventSink, duration
+from .runlock import RunLock
 
 # Flags that fix the data layout and the architecture: on resume the checkpoint's values win.
 LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding")
@@ -319,10 +320,7 @@ class Trainer:
             path = ckpt.resolve_checkpoint(resume_from, prefer=ckpt.LATEST)
             payload = ckpt.load_model_checkpoint(path)
             self.resumed_from = str(path)
-            if Path(resume_from).is_dir():
-                self.run_dir = Path(resume_from)
-            elif path.name in (ckpt.LATEST, ckpt.BEST):
-                self.run_dir = path.parent
+            self.run_dir = run_dir_for(run_dir, resume_from)
             model_config, train_config = self._merge_resumed(payload, model_config, train_config, explicit)
         model_config.validate()
         train_config.validate()
@@ -903,6 +901,17 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def run_dir_for(run_dir: Path, resume_from: Path | None) -> Path:
+    """The directory a run writes to: a resumed run's own directory (or its checkpoint's), else `run_dir`."""
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        if resume_from.is_dir():
+            return resume_from
+        if resume_from.name in (ckpt.LATEST, ckpt.BEST):
+            return resume_from.parent
+    return Path(run_dir)
+
+
 def train(
     corpus: Corpus,
     model_config: ModelConfig,
@@ -933,6 +942,10 @@ def train(
         else:
             log(f"{name}: stopping" + (" (nothing trained yet)" if phase == "setup" else ", then saving"))
 
+    # one trainer per run directory: a second one (another terminal, a script run twice) is refused at once
+    lock = RunLock.acquire(run_dir_for(run_dir, resume_from), enabled=distributed.is_main_process())
+    if lock.note:
+        log(lock.note)
     trainer = None
     try:
         with StopSignals(acknowledge) as signals:
@@ -950,6 +963,7 @@ def train(
         distributed.abandon()
         raise
     finally:
+        lock.release()
         if console is not None:
             console.close()
     trainer.forward_model = None

@@ -94,14 +94,14 @@ def test_python_m_and_help():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
     command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "100000", *TINY,
-               "--eval-every", "100000", "--hidden", "64"]  # fmt: skip
+               "--eval-every", "100000", "--hidden", "64", "--save-every", "5"]  # fmt: skip
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "checkpoints" / "corpus"
     deadline = time.time() + 60
-    # wait until the training loop is running (the run directory exists), then interrupt
-    while not run.exists() and time.time() < deadline:
+    # wait until the training loop is running (its first save is there), then interrupt
+    while not (run / "latest.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.5)
+    time.sleep(0.5)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
