@@ -1,0 +1,282 @@
+"""Training that keeps its word: bounded validation, the wall-clock budget, signals at any moment, resume that
+says what it does, and the progress a person sees."""
+
+import io
+import json
+import math
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm import checkpoint as ckpt
+from charlstm import validation
+from charlstm.cli import app
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data import Corpus, Streams
+from charlstm.model import CharRNN
+from charlstm.progress import ConsoleProgress
+from charlstm.train import Trainer, evaluate, lr_at, train
+
+from .conftest import make_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUIET = dict(show_progress=False, log=lambda line: None)
+runner = CliRunner()
+
+
+def tiny_model(**kw):
+    return ModelConfig(**{"layers": 1, "hidden": 24, "embed": 8, **kw})
+
+
+def tiny_train(**kw):
+    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
+
+
+def curve(run_dir):
+    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+
+
+# ------------------------------------------------------------------------------------------ the slice
+
+
+def test_periodic_slice_is_fixed_seeded_and_bounded():
+    big = 10_000_000
+    a, b = validation.choose_slice(big, 65_536, seed=7), validation.choose_slice(big, 65_536, seed=7)
+    assert np.array_equal(a.segments, b.segments) and not a.whole  # the same slice every time
+    assert 65_536 <= a.chars < 65_536 + validation.SEGMENT
+    assert np.all(np.diff(a.segments) > 0)  # sorted, no repeats
+    spread = a.segments.max() - a.segments.min()
+    assert spread > 0.8 * validation.num_segments(big)  # drawn from the whole split, not its start
+    other = validation.choose_slice(big, 65_536, seed=8)
+    assert not np.array_equal(a.segments, other.segments)
+    small = validation.choose_slice(50_000, 65_536, seed=7)
+    assert small.whole and small.chars == 50_000 - 1  # every target of a split smaller than the slice
+
+
+def test_whole_split_slice_matches_the_carried_state_evaluation():
+    """Segments with a burn-in score (almost) what one stream with its state carried over the whole split does."""
+    torch.manual_seed(0)
+    ids = np.random.default_rng(0).integers(0, 12, 20_000).astype(np.uint8)
+    ids[::7] = 3  # some structure for the state to carry
+    model = CharRNN(ModelConfig(vocab_size=12, hidden=32, embed=8))
+    whole = validation.choose_slice(len(ids), 10**9, seed=0)
+    sliced = validation.evaluate_slice(model, ids, whole, torch.device("cpu"), None)
+    carried = evaluate(model, Streams(ids, 1, 256), None)
+    assert sliced == pytest.approx(carried, abs=2e-3)
+
+
+def test_periodic_validation_scores_only_its_slice(tmp_path):
+    """On a big validation split, each periodic check reads about --eval-chars characters, not the whole split."""
+    corpus = Corpus(text=make_text(120_000, seed=3), name="big", sources=["memory"])
+    config = tiny_train(max_steps=10, val_frac=0.5, eval_chars=2048, final_eval_chars=8192)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda line: None)
+    evaluated = []
+    trainer.model.register_forward_hook(lambda m, args, out: evaluated.append(args[0].numel()) if not m.training else None)
+    trainer.train(show_progress=False)
+    per_check = len(trainer.periodic_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
+    final = len(trainer.final_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
+    assert trainer.periodic_slice.chars < 4096 and not trainer.final_slice.whole
+    # two periodic checks (steps 5 and 10) and one final evaluation; the split holds ~60,000 characters
+    assert sum(evaluated) <= 2 * per_check + final < 60_000 / 2
+    rows = ckpt.read_metrics(tmp_path / "run")
+    assert [r["val_chars"] for r in rows] == [trainer.periodic_slice.chars] * 2
+    assert rows[-1]["final_val_chars"] == trainer.final_slice.chars and math.isfinite(rows[-1]["final_val_loss"])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["validation"]["periodic_chars"] == trainer.periodic_slice.chars
+    assert run["validation"]["final_whole_split"] is False and run["final_val_loss"] == rows[-1]["final_val_loss"]
+
+
+# -------------------------------------------------------------------------------------- the clock
+
+
+def test_max_time_counts_validations(tmp_path, monkeypatch):
+    """--max-time is the run's wall clock: slow validations use the budget instead of stretching the run."""
+    real = validation.evaluate_slice
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "evaluate_slice", slow)
+    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    started = time.perf_counter()
+    result = train(corpus, tiny_model(), tiny_train(max_time=2.0, eval_every=1), tmp_path / "r", **QUIET)
+    wall = time.perf_counter() - started
+    assert result.stopped_by == "max_time"
+    # training time alone would have run to 2 s (and taken ~100 validations of 0.3 s): most of it went to them
+    assert result.train_seconds < 1.0 < 2.0 <= result.elapsed_seconds
+    assert wall < 2.0 + 3.0  # the budget, then one final validation and save
+
+
+# ------------------------------------------------------------------------------------------- signals
+
+
+def interrupt_during(phase: str, delay: float = 0.05):
+    """An on_event sink that sends this process SIGINT `delay` s after the run enters `phase` (once)."""
+    fired = {}
+
+    def on_event(kind, data):
+        if kind == "phase" and data["phase"] == phase and not fired:
+            fired["at"] = time.perf_counter() + delay
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    return on_event, fired
+
+
+def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeypatch):
+    corpus = Corpus(text=make_text(40_000, seed=5), name="tiny", sources=["memory"])
+    # a validation that would take seconds: the whole split (20,000 characters) chunk by chunk, slowed down
+    config = tiny_train(max_steps=12, eval_every=6, val_frac=0.5, eval_chars=10**6)
+    real = validation.evaluate_slice
+
+    def slow_chunks(*args, should_abort=None, **kwargs):
+        def abort():
+            time.sleep(0.05)  # ~160 chunks: 8 s in all unless cut short
+            return should_abort()
+
+        return real(*args, should_abort=abort, **kwargs)
+
+    straight = train(corpus, tiny_model(), config, tmp_path / "a", **QUIET)
+    assert straight.step == 12
+
+    monkeypatch.setattr(validation, "evaluate_slice", slow_chunks)
+    on_event, fired = interrupt_during("validating")
+    result = train(corpus, tiny_model(), config, tmp_path / "b", log=lambda line: None, on_event=on_event)
+    stopped = time.perf_counter() - fired["at"]
+    assert result.stopped_by == "interrupt (SIGINT)" and result.step == 6
+    assert stopped < 5.0, "the validation was not cut short"  # it takes 8 s when it is not
+    saved = ckpt.load_checkpoint(tmp_path / "b" / "latest.pt")
+    assert saved["progress"]["step"] == 6 and saved["progress"]["eval_pending"] is True
+    assert ckpt.read_metrics(tmp_path / "b") == []  # the cut validation wrote no row
+    monkeypatch.setattr(validation, "evaluate_slice", real)
+
+    resumed = train(corpus, tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b", **QUIET)
+    assert resumed.step == 12
+    assert curve(tmp_path / "a") == curve(tmp_path / "b")  # the pending validation ran first on resume
+    a, b = ckpt.load_checkpoint(tmp_path / "a" / "latest.pt"), ckpt.load_checkpoint(tmp_path / "b" / "latest.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
+    """Reading the corpus is interruptible: nothing trained, nothing saved, KeyboardInterrupt (the CLI exits 130)."""
+    import charlstm.train as train_module
+
+    def slow_prepare(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted long before this ends
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(train_module, "prepare_tokens", slow_prepare)
+    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+    assert time.perf_counter() - started < 4
+    assert not (tmp_path / "r" / "latest.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_of_a_spent_budget_says_so(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
+    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), *tiny]).exit_code == 0
+    before = (run / "latest.pt").read_bytes()
+    again = runner.invoke(app, ["train", "--resume", str(run)])
+    assert again.exit_code == 0, again.output
+    assert "already used its budget (--max-steps 10" in again.stderr
+    assert f"charlstm train --resume {run} --max-steps 20" in again.stderr  # how to extend it
+    assert (run / "latest.pt").read_bytes() == before
+
+
+def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
+    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    config = tiny_train(max_steps=20, warmup_frac=0.1)
+    lrs: dict[int, float] = {}
+
+    def record(kind, data):
+        if kind == "step":
+            lrs[data["step"]] = data["lr"]
+
+    train(corpus, tiny_model(), config, tmp_path / "r", log=lambda line: None, on_event=record)
+    assert lrs[20] == pytest.approx(lr_at(config, 19 / 20))
+    stopped_at = lr_at(config, 20 / 20)  # where the schedule stood when the run ended: its floor
+    notes = []
+    longer = tiny_train(max_steps=40, warmup_frac=0.1)
+    train(corpus, tiny_model(), longer, tmp_path / "x", resume_from=tmp_path / "r", explicit={"max_steps"},
+          log=notes.append, on_event=record)  # fmt: skip
+    message = next(n for n in notes if "re-planned" in n)
+    assert "--max-steps 20 -> --max-steps 40" in message and f"{stopped_at:.2e}" in message
+    # step 21 trains at the rate the run ended on (no jump); the ramp ends 10% of the budget (4 steps) later on
+    # the curve of a 40-step run, which the rest follows
+    assert lrs[21] == pytest.approx(stopped_at)
+    assert lrs[22] > lrs[21] and lrs[25] == pytest.approx(lr_at(longer, 24 / 40))
+    for step in range(26, 41):
+        assert lrs[step] == pytest.approx(lr_at(longer, (step - 1) / 40)), step
+
+
+# ------------------------------------------------------------------------------------ what a person sees
+
+
+def test_piped_progress_is_plain_lines():
+    stream = io.StringIO()
+    view = ConsoleProgress(stream=stream, tty=False, line_every=0.0)
+    for step in range(1, 4):
+        view("step", {"step": step, "fraction": step / 10, "loss": 2.0, "chars_per_second": 1000.0, "lr": 1e-3,
+                      "elapsed": float(step), "remaining": 10.0 - step})  # fmt: skip
+    view("phase", {"phase": "validating"})
+    view("validation", {"row": {"step": 3, "chars_seen": 300, "train_loss": 2.1, "val_loss": 2.0, "elapsed": 3.0},
+                        "improved": True})  # fmt: skip
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(" 20% · step 2 · loss 2.000")
+    assert lines[-1] == "step 3 · 300 chars · train 2.100 · val 2.000 ★ · 3s"
+
+
+def test_cli_piped_output_shows_validation_lines(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), "--hidden", "16",
+                                 "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    assert "step 5 · 160 chars · train" in result.stderr and "step 10 · 320 chars" in result.stderr
+    assert "final evaluation (whole split): val" in result.stderr
+
+
+def test_info_with_no_path_shows_the_newest_run_readably(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for i in range(6):
+        (tree / f"m{i}.py").write_text(make_text(800, seed=i))
+    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
+    assert runner.invoke(app, ["train", str(tree), "--glob", "*.py", "--max-steps", "5", *tiny]).exit_code == 0
+    shown = runner.invoke(app, ["info"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "Newest run: checkpoints/src" in shown.stderr
+    out = shown.stdout
+    assert "{" not in out and "'" not in out  # no dict dump
+    for expected in ("sources", str(tree), "globs", "*.py", "records", "6 ", "characters", "vocabulary",
+                     "best val loss", "final val loss"):  # fmt: skip
+        assert expected in out, expected
+
+
+def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
+    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "5", "--out", str(run), *tiny]).exit_code == 0
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text[: len(text) // 2])  # cut short
+    shown = runner.invoke(app, ["info", str(run), "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert data["step"] == 5 and data["checkpoint"].endswith("latest.pt")
