@@ -44,7 +44,6 @@ import time
 import traceback
 import warnings
 import zipfile
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,10 +243,6 @@ ODD_NUMBERS = [0, -1, 1, 2, 3, 7, 255, 256, 60000, 10**6, 2**31, 2**63 - 1, 2**6
 
 def odd_value(rng: random.Random) -> Any:
     return rng.choice(ODD_NUMBERS)
-
-
-def _weights_shapes(payload: dict) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in payload["model"].items()}
 
 
 @mutation("config-number")

@@ -37,7 +37,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
@@ -608,10 +608,6 @@ class Scanned:
     places: list[tuple[TensorSpec, Any, Any]]  # every tensor, with the container and key that hold it
     _archive: _Archive
     _pickle: bytes
-
-    @property
-    def tensors(self) -> list[TensorSpec]:
-        return [spec for spec, _, _ in self.places]
 
     def materialize(self, map_location: str | torch.device = "cpu") -> Any:
         """Read every tensor's bytes (from the file `scan` read the rest from) and put the tensors in their
