@@ -56,6 +56,16 @@ def validation_line(row: dict[str, Any], improved: bool, final: bool = False) ->
     )
 
 
+class _Bar(tqdm):
+    """A tqdm bar with our own status text after it (tqdm's postfix would start with a comma)."""
+
+    status = ""
+
+    @property
+    def format_dict(self):
+        return {**super().format_dict, "status": self.status}
+
+
 class ConsoleProgress:
     """Renders trainer events on `stream` (stderr): a bar on a terminal, plain lines otherwise."""
 
@@ -63,7 +73,7 @@ class ConsoleProgress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.line_every = line_every  # seconds between plain progress lines (None: from the budget)
-        self.bar: tqdm | None = None
+        self.bar: _Bar | None = None
         self.last_line = 0.0
         self.last_postfix = 0.0
         self.phase = "training"
@@ -120,18 +130,19 @@ class ConsoleProgress:
                 print(f"{100 * data['fraction']:3.0f}% · {self._postfix(data)}", file=self.stream, flush=True)
             return
         if self.bar is None:
-            self.bar = tqdm(
+            self.bar = _Bar(
                 total=1000,
                 file=self.stream,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {status}",
                 desc=self._desc(),
                 dynamic_ncols=True,
                 leave=False,
             )
         if now - self.last_postfix > 0.5 or data.get("last"):
             self.last_postfix = now
-            self.bar.set_postfix_str(self._postfix(data), refresh=False)
+            self.bar.status = self._postfix(data)
             self.bar.update(int(data["fraction"] * 1000) - self.bar.n)
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
