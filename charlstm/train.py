@@ -432,8 +432,11 @@ class Trainer:
     def _restore(self, payload: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            _check_optimizer_state(self.optimizer)
+            if payload.get("optimizer") is not None:
+                self.optimizer.load_state_dict(payload["optimizer"])
+                _check_optimizer_state(self.optimizer)
+            else:  # weights only (e.g. shared without its optimizer): training goes on, Adam's moments start at zero
+                self._notice("the checkpoint holds no optimizer state; AdamW starts afresh from its weights")
             self.progress = from_dict(Progress, payload.get("progress", {}))
             if "elapsed_seconds" not in payload.get("progress", {}):  # written before the wall clock was kept
                 self.progress.elapsed_seconds = self.progress.train_seconds

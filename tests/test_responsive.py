@@ -280,3 +280,16 @@ def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, co
     assert shown.exit_code == 0, shown.output
     data = json.loads(shown.stdout)
     assert data["step"] == 5 and data["checkpoint"].endswith("latest.pt")
+
+
+def test_resume_from_weights_without_optimizer_state(tmp_path):
+    """A checkpoint shared without its optimizer state still resumes: AdamW starts afresh, and it says so."""
+    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+    payload = torch.load(tmp_path / "r" / "latest.pt", weights_only=True)
+    del payload["optimizer"]
+    torch.save(payload, tmp_path / "r" / "latest.pt")
+    notes = []
+    result = train(corpus, tiny_model(), tiny_train(max_steps=8), tmp_path / "x", resume_from=tmp_path / "r",
+                   explicit={"max_steps"}, show_progress=False, log=notes.append)  # fmt: skip
+    assert result.step == 8 and any("no optimizer state" in n for n in notes)
