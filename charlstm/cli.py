@@ -393,7 +393,7 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
-    from .sample import generate, load_model, sample_text
+    from .sample import check_prime, generate, load_model, sample_text
     from .train import pick_device
 
     try:
@@ -408,6 +408,7 @@ def sample(
         if path is None:
             path = ckpt.find_latest_run()
         loaded = load_model(path, pick_device(device))
+        check_prime(loaded.vocab, config.prime)
         progress = loaded.payload.get("progress") or {}
         loss = _finite(progress.get("final_val_loss")) or _finite(progress.get("best_val_loss"))
         err.print(

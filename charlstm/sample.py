@@ -39,6 +39,13 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     return LoadedModel(model=model, vocab=Vocab(vocab_chars), path=file, payload=payload)
 
 
+def check_prime(vocab: Vocab, prime: str) -> None:
+    """A prime must be made of characters the model knows."""
+    unknown = vocab.unknown(prime)
+    if unknown:
+        raise CharlstmError("--prime has characters the model never saw: " + " ".join(repr(c) for c in unknown[:20]))
+
+
 def generate(
     loaded: LoadedModel, config: SampleConfig, fast: bool = True, start: str = "auto"
 ) -> Iterator[tuple[int, str]]:
@@ -57,11 +64,7 @@ def generate(
     if start not in STARTS:
         raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     model, vocab = loaded.model, loaded.vocab
-    unknown = vocab.unknown(config.prime)
-    if unknown:
-        raise CharlstmError(
-            "--prime has characters the model never saw: " + " ".join(repr(c) for c in unknown[:20])
-        )
+    check_prime(vocab, config.prime)
     n = config.num_samples
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = torch.Generator(device="cpu").manual_seed(seed)

@@ -61,7 +61,7 @@ def record_start_states(
                     starts = ends[members] - length  # (M,)
                     batch = np.stack([np.asarray(ids[s : s + length]) for s in starts.tolist()])  # (M, T)
                     x = torch.from_numpy(batch.astype(np.int64)).to(device)  # (M, T)
-                    _, state = model(x)  # from a zero state
+                    _, state = model.rnn(model.embed(x))  # from a zero state; the head's logits are not needed
                 tensors = state if isinstance(state, tuple) else (state,)
                 for j, index in enumerate(members):
                     columns[index] = [t[:, j : j + 1] for t in tensors]  # (layers, 1, H) each

@@ -24,6 +24,7 @@ from .errors import CharlstmError
 from .model import CharRNN, detach_state, state_from_list
 from .progress import ConsoleProgress, EventSink, duration
 from .runlock import RunLock
+from .starts import record_start_states
 
 # Flags that fix the data layout and the architecture: on resume the checkpoint's values win.
 LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding")
@@ -545,7 +546,16 @@ class Trainer:
             "hidden": self._all_rows_hidden(),
             "rng": rng,
             "corpus": self.corpus_summary(),
+            "start_states": self._start_states(),
         }
+
+    def _start_states(self) -> list[torch.Tensor] | None:
+        """For a record corpus: the states training has at K record boundaries (just before the end-of-record
+        marker), which sampling starts each record from (see starts.py; rank 0 only: only it writes)."""
+        eor = self.vocab.end_of_record if self.data.record_lengths is not None else None
+        if eor is None or not self.dist.is_main:
+            return None
+        return record_start_states(self.model, self.data.train, eor, seed=self.config.seed)
 
     def _all_rows_hidden(self) -> list[torch.Tensor]:
         """The carried state of all B stream rows, gathered from every rank, as CPU tensors."""
