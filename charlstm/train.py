@@ -546,7 +546,7 @@ class Trainer:
             "hidden": self._all_rows_hidden(),
             "rng": rng,
             "corpus": self.corpus_summary(),
-            "start_states": self._start_states(),
+            **({"start_states": states} if (states := self._start_states()) is not None else {}),
         }
 
     def _start_states(self) -> list[torch.Tensor] | None:
