@@ -818,7 +818,8 @@ class Trainer:
             elif stopped_by is None and p.step % c.eval_every == 0:
                 self._consume(pending)
                 # a validation that would end past a time budget is left to the final one, which comes anyway
-                if not (c.max_time and remaining is not None and remaining < self.last_eval_seconds):
+                # (single-process only: each rank times its own validations, and ranks must decide alike)
+                if not (world == 1 and c.max_time and remaining is not None and remaining < self.last_eval_seconds):
                     self._evaluate_and_save()
                     last_save_time, steps_since_save = p.train_seconds, 0
             elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
