@@ -293,3 +293,38 @@ def test_resume_from_weights_without_optimizer_state(tmp_path):
     result = train(corpus, tiny_model(), tiny_train(max_steps=8), tmp_path / "x", resume_from=tmp_path / "r",
                    explicit={"max_steps"}, show_progress=False, log=notes.append)  # fmt: skip
     assert result.step == 8 and any("no optimizer state" in n for n in notes)
+
+
+def test_terminal_shows_a_bar_with_validation_lines_above_it(tmp_path, corpus_file):
+    """On a terminal (a pseudo-terminal here), the bar redraws in place and each validation prints a line."""
+    import pty
+    import subprocess
+    import sys
+
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))  # a 160 x 30 terminal
+    command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "40", "--out",
+               str(tmp_path / "run"), "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
+               "--eval-every", "20"]  # fmt: skip
+    proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(leader)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen
+    assert "\r" in screen and "train " in screen and "%|" in screen  # a bar, redrawn in place
+    assert "step 20 · " in screen and "step 40 · " in screen and " ★ · " in screen  # validation lines
+    assert "final evaluation (whole split)" in screen
