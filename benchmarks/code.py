@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import SampleConfig  # noqa: E402
-from charlstm.data import default_corpus, read_text_file  # noqa: E402
-from charlstm.sample import load_model, sample_text  # noqa: E402
+from charlstm.corpus import default_corpus# noqa: E402
+from charlstm.textio import read_text_file# noqa: E402
+from charlstm.sample import load_model, sample_text# noqa: E402
 from common import record_parser, train_for  # noqa: E402
 
 

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.data import Corpus  # noqa: E402
+from charlstm.corpus import Corpus# noqa: E402
 
 OUTCOMES = ("loaded", "refused", "BAD")
 MARKER_NAME = "pwned"
@@ -123,8 +123,7 @@ def make_seeds(work: Path) -> list[Seed]:
         for name, model in SEED_MODELS.items():
             run = work / f"seed-{name}"
             shutil.rmtree(run, ignore_errors=True)
-            train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run,
-                  show_progress=False, log=lambda s: None)  # fmt: skip
+            train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run)  # fmt: skip
             paths[name] = run / "latest.pt"
     finally:
         torch.set_num_threads(threads)
@@ -1030,10 +1029,11 @@ def _reset_peak() -> None:
 def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     """What the commands do with a checkpoint; returns 'loaded' (or raises)."""
     from charlstm import checkpoint as ckpt
-    from charlstm import cli, sample
+    from charlstm import render, sample
     from charlstm.config import SampleConfig, from_dict
-    from charlstm.data import Vocab
+    from charlstm.vocab import Vocab
     from charlstm.model import CharRNN
+    from charlstm.summary import summary_of
 
     payload = ckpt.load_model_checkpoint(path)
     # the model built as sample.load_model builds it (from the payload loaded above: one load less per case)
@@ -1041,16 +1041,15 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     model.load_state_dict(payload["model"])
     loaded = sample.LoadedModel(model=model.eval(), vocab=Vocab(payload["vocab"]), path=path, payload=payload)
     sample.sample_text(loaded, SampleConfig(length=8, seed=1, num_samples=2))
-    data = cli._info(path)
-    if hasattr(cli, "_info_rows"):
-        cli._info_rows(data)
+    data = summary_of(path)
+    render.info_rows(data)
     json.dumps(data)
     if resume:
-        from charlstm.train import Trainer
+        from charlstm.trainer import Trainer
 
         shutil.rmtree(run_dir, ignore_errors=True)
         Trainer(seed_corpus(seed_name), ModelConfig(), TrainConfig(max_steps=10**6, batch_size=4, seq_len=8), run_dir,
-                resume_from=path, log=lambda s: None)  # fmt: skip
+                resume_from=path)  # fmt: skip
     return "loaded"
 
 

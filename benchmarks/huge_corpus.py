@@ -66,8 +66,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from charlstm.config import ModelConfig, TrainConfig
-    from charlstm.data import load_corpus
-    from charlstm.train import Trainer
+    from charlstm.corpus import load_corpus
+    from charlstm.trainer import Trainer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base_kb = status_kb("VmRSS")
@@ -77,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
     notes: list[str] = []
     trainer = Trainer(
         corpus, ModelConfig(hidden=args.hidden, embed=64), TrainConfig(batch_size=64, seq_len=128, max_steps=10**9,
-        eval_every=10**9, val_frac=0.001), Path(args.run), log=notes.append,
+        eval_every=10**9, val_frac=0.001), Path(args.run), on_event=notes_into(notes),
     )  # fmt: skip
     ready = time.perf_counter()
     encode_peak_kb = status_kb("VmHWM")
@@ -89,7 +89,7 @@ def child(args: argparse.Namespace) -> None:
             first_step.append(time.perf_counter())
         return step >= args.steps
 
-    trainer.train(should_stop=should_stop, show_progress=False)
+    trainer.train(should_stop=should_stop)
     done = time.perf_counter()
     params = trainer.model.num_params
     print(json.dumps({

@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
-from charlstm.data import Corpus, Vocab, default_corpus, load_corpus, prepare_tokens  # noqa: E402
-from charlstm.sample import LoadedModel, load_model, sample_text  # noqa: E402
+from charlstm.corpus import Corpus, default_corpus, load_corpus# noqa: E402
+from charlstm.tokens import prepare_tokens# noqa: E402
+from charlstm.vocab import Vocab# noqa: E402
+from charlstm.sample import LoadedModel, load_model, sample_text# noqa: E402
 from charlstm.starts import record_start_states  # noqa: E402
 from common import record_parser, train_for  # noqa: E402
 

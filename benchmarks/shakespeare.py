@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.data import Streams, Vocab, split_train_val  # noqa: E402
-from charlstm.train import evaluate  # noqa: E402
+from charlstm.streams import Streams# noqa: E402
+from charlstm.tokens import split_train_val# noqa: E402
+from charlstm.vocab import Vocab# noqa: E402
+from charlstm.validation import evaluate# noqa: E402
 from charlstm.model import CharRNN  # noqa: E402
 from common import train_for  # noqa: E402
 

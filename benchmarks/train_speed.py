@@ -30,8 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.data import IGNORE_INDEX, Streams, default_corpus, load_corpus, prepare_tokens  # noqa: E402
-from charlstm.train import Trainer, autocast_dtype, configure_backends, pick_device  # noqa: E402
+from charlstm.corpus import default_corpus, load_corpus# noqa: E402
+from charlstm.streams import IGNORE_INDEX, Streams# noqa: E402
+from charlstm.tokens import prepare_tokens# noqa: E402
+from charlstm.device import autocast_dtype, configure_backends, pick_device# noqa: E402
+from charlstm.trainer import Trainer# noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -106,7 +109,7 @@ def trainer_speed(corpus, model: ModelConfig, config: TrainConfig, seconds: floa
     """Characters/s of charlstm's own Trainer, wall clock between step `warmup` and `seconds` later."""
     config = replace(config, max_steps=10**12, eval_every=10**12)  # no evaluation inside the measurement
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(corpus, model, config, Path(run_dir), log=lambda line: None)
+        trainer = Trainer(corpus, model, config, Path(run_dir))
         marks: dict[str, float] = {}
 
         def should_stop(step: int) -> bool:
@@ -120,7 +123,7 @@ def trainer_speed(corpus, model: ModelConfig, config: TrainConfig, seconds: floa
             marks["end"], marks["chars_end"] = time.perf_counter(), trainer.progress.chars_seen
             return True
 
-        trainer.train(should_stop=should_stop, show_progress=False)
+        trainer.train(should_stop=should_stop)
     return (marks["chars_end"] - marks["chars"]) / (marks["end"] - marks["start"])
 
 

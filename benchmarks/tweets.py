@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import SampleConfig  # noqa: E402
-from charlstm.data import table_texts  # noqa: E402
-from charlstm.sample import load_model, sample_text  # noqa: E402
+from charlstm.tables import table_texts# noqa: E402
+from charlstm.sample import load_model, sample_text# noqa: E402
 from common import record_parser, train_for  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"

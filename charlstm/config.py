@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import CharlstmError
@@ -14,6 +14,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
 RECORD_MODES = ("auto", "file", "paragraph", "none")
+
+
+class InvalidValue(CharlstmError):
+    """A config value out of its range. `name` is the field; the CLI names it as its flag (`--name`)."""
+
+    def __init__(self, name: str, problem: str):
+        self.name, self.problem = name, problem
+        super().__init__(f"{name} {problem}")
 
 
 @dataclass
@@ -26,9 +34,12 @@ class CorpusConfig:
     records: str = "auto"  # auto | file | paragraph | none: what one record is in plain text files
     encoding: str = "utf-8"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.records not in RECORD_MODES:
-            raise CharlstmError(f"--records must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
+            raise InvalidValue("records", f"must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
 
 
 @dataclass
@@ -40,14 +51,17 @@ class ModelConfig:
     embed: int = 64  # character embedding width
     dropout: float = 0.0  # between layers (and before the head)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.cell not in CELLS:
-            raise CharlstmError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        _positive("--layers", self.layers)
-        _positive("--hidden", self.hidden)
-        _positive("--embed", self.embed)
+            raise InvalidValue("cell", f"must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _positive("layers", self.layers)
+        _positive("hidden", self.hidden)
+        _positive("embed", self.embed)
         if not 0.0 <= self.dropout < 1.0:
-            raise CharlstmError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise InvalidValue("dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -76,30 +90,33 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (fp32 cast, log-softmax, NLL; slow to start; GPU mainly)
     encoding: str = "utf-8"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        _positive("--batch-size", self.batch_size)
-        _positive("--seq-len", self.seq_len)
-        _positive("--eval-every", self.eval_every)
-        _positive("--eval-chars", self.eval_chars)
-        _positive("--final-eval-chars", self.final_eval_chars)
+        _positive("batch_size", self.batch_size)
+        _positive("seq_len", self.seq_len)
+        _positive("eval_every", self.eval_every)
+        _positive("eval_chars", self.eval_chars)
+        _positive("final_eval_chars", self.final_eval_chars)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CharlstmError(f"--lr must be a positive number, got {self.lr}")
+            raise InvalidValue("lr", f"must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
-            raise CharlstmError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            raise InvalidValue("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.grad_clip < 0:
-            raise CharlstmError(f"--grad-clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+            raise InvalidValue("grad_clip", f"must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         if not 0.0 < self.val_frac <= 0.5:
-            raise CharlstmError(f"--val-frac must be in (0, 0.5], got {self.val_frac}")
+            raise InvalidValue("val_frac", f"must be in (0, 0.5], got {self.val_frac}")
         if self.max_steps is not None:
-            _positive("--max-steps", self.max_steps)
+            _positive("max_steps", self.max_steps)
         if self.epochs is not None and not self.epochs > 0:
-            raise CharlstmError(f"--epochs must be > 0, got {self.epochs}")
+            raise InvalidValue("epochs", f"must be > 0, got {self.epochs}")
         if self.max_time is not None and not self.max_time > 0:
-            raise CharlstmError(f"--max-time must be > 0, got {self.max_time}")
+            raise InvalidValue("max_time", f"must be > 0, got {self.max_time}")
         if self.device not in DEVICES:
-            raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise InvalidValue("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
-            raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InvalidValue("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -113,21 +130,24 @@ class SampleConfig:
     num_samples: int = 1  # samples generated together as one batch
     stop: list[str] = field(default_factory=list)  # end a sample when one of these appears
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.length < 0:
-            raise CharlstmError(f"--length must be >= 0, got {self.length}")
+            raise InvalidValue("length", f"must be >= 0, got {self.length}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise CharlstmError(f"--temp must be >= 0, got {self.temperature}")
+            raise InvalidValue("temperature", f"must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise CharlstmError(f"--top-k must be >= 0, got {self.top_k}")
+            raise InvalidValue("top_k", f"must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise CharlstmError(f"--top-p must be in (0, 1], got {self.top_p}")
-        _positive("--num-samples", self.num_samples)
+            raise InvalidValue("top_p", f"must be in (0, 1], got {self.top_p}")
+        _positive("num_samples", self.num_samples)
 
 
-def _positive(flag: str, value: int | float) -> None:
+def _positive(name: str, value: int | float) -> None:
     if not value > 0:
-        raise CharlstmError(f"{flag} must be > 0, got {value}")
+        raise InvalidValue(name, f"must be > 0, got {value}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d)?\s*$", re.IGNORECASE)
@@ -143,6 +163,28 @@ def parse_duration(text: str, flag: str = "--max-time") -> float:
     if seconds <= 0:
         raise CharlstmError(f"{flag} must be longer than zero, got {text!r}")
     return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    """12s, 4m05s, 1h02m: the inverse of parse_duration, short and exact enough for a progress line."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def parse_save_every(text: str) -> dict[str, float | int]:
+    """--save-every: a number of steps ('200') or a duration ('5m') -> the TrainConfig field it sets."""
+    if text.strip().lstrip("+-").isdigit():
+        steps = int(text)
+        if steps <= 0:
+            raise CharlstmError(f"--save-every must be > 0 steps (or a duration such as 5m), got {text}")
+        return {"save_every": steps}
+    return {"save_every_seconds": parse_duration(text, "--save-every")}
 
 
 def parse_temperatures(text: str) -> list[float]:
@@ -187,6 +229,3 @@ def _has_type(value: Any, annotation: str | type) -> bool:
             return True
     return False
 
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)

@@ -4,7 +4,7 @@ One rule, two implementations: torch (any device; the reference path, and what t
 NumPy (the fast CPU path, where a torch op's dispatch overhead would cost more than the arithmetic). Both
 build the CDF in float64 and pick the first id whose cumulative probability exceeds u * total; torch filters
 in float32 and NumPy in float64, so the same logits and uniforms give the same ids unless a uniform lands
-within float32 rounding of a CDF boundary (tests/test_fastsample.py compares them).
+within float32 rounding of a CDF boundary (tests/test_steppers.py compares them).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def uniform_chunks(rng: torch.Generator, num_samples: int, rows: int, chunk: int
     """`rows` rows of (num_samples,) uniforms, `chunk` rows at a time: (k, N) tensors on the CPU.
 
     torch's CPU generator fills a tensor element by element, so this is the very same stream as
-    `torch.rand(num_samples, generator=rng)` called once per row (tests/test_fastsample.py checks it).
+    `torch.rand(num_samples, generator=rng)` called once per row (tests/test_steppers.py checks it).
     """
     done = 0
     while done < rows:

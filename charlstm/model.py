@@ -15,7 +15,6 @@ _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 class CharRNN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed)
         self.rnn = _CELLS[config.cell](

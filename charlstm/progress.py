@@ -24,19 +24,9 @@ from typing import Any, Callable, TextIO
 
 from tqdm import tqdm
 
+from .config import format_duration
+
 EventSink = Callable[[str, dict[str, Any]], None]
-
-
-def duration(seconds: float | None) -> str:
-    """12s, 4m05s, 1h02m: short and exact enough for a progress line."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def validation_line(row: dict[str, Any], improved: bool, final: bool = False) -> str:
@@ -52,7 +42,7 @@ def validation_line(row: dict[str, Any], improved: bool, final: bool = False) ->
     star = " ★" if improved else ""
     return (
         f"step {row['step']:,} · {row['chars_seen']:,} chars · {train_text} · val {row['val_loss']:.3f}{star} · "
-        f"{duration(row.get('elapsed', row.get('seconds')))}"
+        f"{format_duration(row.get('elapsed', row.get('seconds')))}"
     )
 
 
@@ -69,8 +59,12 @@ class _Bar(tqdm):
 class ConsoleProgress:
     """Renders trainer events on `stream` (stderr): a bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, line_every: float | None = None):
+    def __init__(
+        self, stream: TextIO | None = None, tty: bool | None = None, line_every: float | None = None, quiet: bool = False
+    ):
+        """`quiet`: notes and signals only (no bar, no progress or validation lines)."""
         self.stream = stream or sys.stderr
+        self.quiet = quiet
         self.tty = self.stream.isatty() if tty is None else tty
         self.line_every = line_every  # seconds between plain progress lines (None: from the budget)
         self.bar: _Bar | None = None
@@ -87,6 +81,8 @@ class ConsoleProgress:
             print(text, file=self.stream, flush=True)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self.quiet and kind in ("step", "phase", "validation"):
+            return
         if kind == "step":
             self.step_data = data
             self._step(data)
@@ -112,7 +108,7 @@ class ConsoleProgress:
         return (
             f"step {data['step']:,} · loss {loss if loss is not None else math.nan:.3f} · "
             f"{data['chars_per_second']:,.0f} chars/s · lr {data['lr']:.2e} · "
-            f"{duration(data['elapsed'])}<{duration(data.get('remaining'))}"
+            f"{format_duration(data['elapsed'])}<{format_duration(data.get('remaining'))}"
         )
 
     def _step(self, data: dict[str, Any]) -> None:

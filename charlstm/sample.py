@@ -9,13 +9,13 @@ from typing import Iterator
 
 import torch
 
-from . import checkpoint as ckpt
+from . import rundir
+from .checkpoint import load_model_checkpoint
 from .config import ModelConfig, SampleConfig, from_dict
-from .data import Vocab
-from .draw import choose, filter_logits  # noqa: F401  (the draw rule; re-exported for callers of sample.py)
 from .errors import CharlstmError
-from .fastsample import make_stepper
 from .model import CharRNN, State
+from .steppers import make_stepper
+from .vocab import Vocab
 
 STARTS = ("auto", "states", "zeros")  # where a sample's state starts: see generate()
 
@@ -30,8 +30,8 @@ class LoadedModel:
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint (or a run directory's best) safely and rebuild the model it describes."""
-    file = ckpt.resolve_checkpoint(Path(path), prefer=ckpt.BEST)
-    payload = ckpt.load_model_checkpoint(file)  # configs, vocabulary and weight shapes checked
+    file = rundir.resolve_checkpoint(Path(path), prefer=rundir.BEST)
+    payload = load_model_checkpoint(file)  # configs, vocabulary and weight shapes checked
     vocab_chars = payload["vocab"]
     model = CharRNN(from_dict(ModelConfig, payload["model_config"]))
     model.load_state_dict(payload["model"])
@@ -53,7 +53,7 @@ def generate(
 
     A sample ends after `config.length` characters, when the model emits its end-of-record marker, or when
     one of `config.stop` appears (the stop text itself is not emitted). `fast=False` forces the plain
-    per-character model call (the reference the fast steppers in fastsample.py reproduce).
+    per-character model call (the reference the fast steppers in steppers.py reproduce).
 
     On a record-trained model each sample is a record: it feeds the end-of-record marker (then the prime)
     from a state. `start="auto"` takes one of the checkpoint's record start states (`payload["start_states"]`,

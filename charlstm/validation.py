@@ -15,7 +15,6 @@ A validation can be cut short (Ctrl-C) between two chunks of `CHUNK` characters:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,8 +22,10 @@ import numpy as np
 import torch
 
 from . import distributed
-from .data import IGNORE_INDEX
+from .device import autocast
+from .loss import window_loss_sum
 from .model import CharRNN
+from .streams import IGNORE_INDEX, Streams
 
 SEGMENT = 1024  # characters scored per segment
 BURN_IN = 128  # characters read before a segment to warm the state up (not scored)
@@ -117,14 +118,9 @@ def evaluate_slice(
                 for column in range(0, x.size(1), CHUNK):
                     if should_abort is not None and _agreed(dist, should_abort()):
                         return None
-                    with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
+                    with autocast(device, amp):
                         logits, state = model(x[:, column : column + CHUNK], state)  # (R, T, V)
-                    total += torch.nn.functional.cross_entropy(
-                        logits.float().reshape(-1, logits.size(-1)),
-                        y[:, column : column + CHUNK].reshape(-1),
-                        ignore_index=IGNORE_INDEX,
-                        reduction="sum",
-                    )
+                    total += window_loss_sum(logits, y[:, column : column + CHUNK])
     finally:
         model.train(was_training)
     return dist.sum_(total).item() / max(1, count)
@@ -135,3 +131,23 @@ def _agreed(dist: distributed.Distributed, flag: bool) -> bool:
     if not dist.enabled:
         return flag
     return dist.agree(0.0, flag)[1]
+
+
+@torch.no_grad()
+def evaluate(
+    model: CharRNN, streams: Streams, amp: torch.dtype | None, dist: distributed.Distributed = distributed.SINGLE
+) -> float:
+    """Mean loss in nats/char over every target of `streams`, hidden state carried across windows: the
+    reference the segmented validation is checked against (and the benchmarks' plain evaluation).
+
+    Distributed, each rank scores its own rows of `streams` and the sums are added up over the ranks."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=streams.device)
+    state = None
+    for x, y in streams:
+        with autocast(x.device, amp):
+            logits, state = model(x, state)
+        total += window_loss_sum(logits, y)
+    model.train(was_training)
+    return dist.sum_(total).item() / streams.num_targets

@@ -45,3 +45,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def notes_into(lines: list[str]):
+    """An on_event sink for train()/Trainer that keeps the notes' text in `lines` (and ignores other events)."""
+
+    def sink(kind: str, data: dict) -> None:
+        if kind == "note":
+            lines.append(data["text"])
+
+    return sink

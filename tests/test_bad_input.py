@@ -10,8 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import atomic, rundir
 from charlstm.cli import app
-from charlstm.data import read_text_file
+from charlstm.textio import read_text_file
 from charlstm.errors import CharlstmError
 
 from .conftest import make_text
@@ -158,7 +160,7 @@ def test_odd_but_valid_text_trains_and_samples(tmp_path, monkeypatch, name, data
     run = tmp_path / "run"
     args = ["train", path, "--out", run, "--max-steps", "5", *TINY] + (["--encoding", encoding] if encoding else [])
     assert_trains(invoke(*args))
-    vocab = ckpt.load_model_checkpoint(run / ckpt.LATEST)["vocab"]
+    vocab = ckpt.load_model_checkpoint(run / rundir.LATEST)["vocab"]
     assert "\ufeff" not in vocab and "\r" not in vocab  # BOM dropped, CRLF read as LF
     if encoding:
         assert "é" in vocab and "ñ" in vocab
@@ -271,7 +273,7 @@ def test_resume_without_a_run(tmp_path, monkeypatch, corpus_file):
 
 def test_resume_with_new_characters_names_them(trained, tmp_path):
     run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (ckpt.LATEST, ckpt.BEST)}
+    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
     other = write(tmp_path, "other.txt", (corpus_file.read_text() + "Zebra ½ 🙂\n").encode())
     line = assert_one_error(invoke("train", other, "--resume", run, "--max-steps", "20", *TINY), "cannot resume")
     assert all(repr(c) in line for c in ["Z", "½", "🙂"])
@@ -338,15 +340,15 @@ def test_bad_checkpoint_in_sample_resume_and_info(trained, tmp_path, monkeypatch
     run, corpus_file = trained
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.pt"
-    bad_checkpoint(kind, run / ckpt.LATEST, bad, tmp_path)
-    before = {name: (run / name).read_bytes() for name in (ckpt.LATEST, ckpt.BEST)}
+    bad_checkpoint(kind, run / rundir.LATEST, bad, tmp_path)
+    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
     assert_one_error(invoke("sample", bad, "--length", "5"), fragment)
     assert_one_error(invoke("train", corpus_file, "--resume", bad, "--max-steps", "20", *TINY), fragment)
     assert_one_error(invoke("info", bad), fragment)
     # the same file as a run directory's latest.pt, resumed by directory
     bad_run = tmp_path / "bad_run"
     bad_run.mkdir()
-    bad.replace(bad_run / ckpt.LATEST)
+    bad.replace(bad_run / rundir.LATEST)
     assert_one_error(invoke("train", corpus_file, "--resume", bad_run, "--max-steps", "20", *TINY), fragment)
     assert not (tmp_path / "pwned").exists()  # no code from a checkpoint ever ran
     assert checkpoints_unchanged(run, before)
@@ -355,7 +357,7 @@ def test_bad_checkpoint_in_sample_resume_and_info(trained, tmp_path, monkeypatch
 def test_bad_checkpoint_in_a_real_process_prints_no_traceback(trained, tmp_path):
     run, _ = trained
     bad = tmp_path / "bad.pt"
-    bad_checkpoint("malicious", run / ckpt.LATEST, bad, tmp_path)
+    bad_checkpoint("malicious", run / rundir.LATEST, bad, tmp_path)
     done = subprocess.run([sys.executable, "-m", "charlstm", "sample", str(bad)], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
@@ -364,7 +366,7 @@ def test_bad_checkpoint_in_a_real_process_prints_no_traceback(trained, tmp_path)
 
 def test_resume_refuses_hidden_state_and_progress_that_do_not_fit(trained, tmp_path):
     run, corpus_file = trained
-    payload = torch.load(run / ckpt.LATEST, weights_only=True)
+    payload = torch.load(run / rundir.LATEST, weights_only=True)
     cases = {
         "hidden": ({**payload, "hidden": [torch.zeros(1, 4, 99), torch.zeros(1, 4, 99)]}, "hidden state has shapes"),
         "progress": ({**payload, "progress": {**payload["progress"], "step": "ten"}}, "Progress.step"),
@@ -415,21 +417,21 @@ def test_disk_full_during_a_save_keeps_latest_and_best(tmp_path, monkeypatch, co
     result = invoke("train", corpus_file, "--out", run, "--max-steps", "20", "--save-every", "2", *TINY[:-3],
                     "--eval-every", "4", "-q")  # fmt: skip
     monkeypatch.undo()
-    assert_one_error(result, f"could not save {run / ckpt.LATEST}: the disk is full; the previous file is unchanged")
-    assert ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 6
-    assert ckpt.load_model_checkpoint(run / ckpt.BEST)["progress"]["step"] == 4
+    assert_one_error(result, f"could not save {run / rundir.LATEST}: the disk is full; the previous file is unchanged")
+    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 6
+    assert ckpt.load_model_checkpoint(run / rundir.BEST)["progress"]["step"] == 4
     assert not list(run.glob(".*.tmp"))
 
 
 def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained):
     run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (ckpt.LATEST, ckpt.BEST)}
+    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
     result = invoke("train", corpus_file, "--resume", run, "--max-steps", "30", "--lr", "1e39", *TINY)
     line = assert_one_error(result, "stopped without saving", "last good checkpoint is kept", "try a lower --lr (now 1e+39)")
     # step 11 trains at the rate the run ended on (a changed --lr ramps in, README: Training), step 12 at 1e39
     assert "loss became nan at step 13" in line or "NaN or infinite by step 12" in line, line
     assert checkpoints_unchanged(run, before)
-    assert ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 10
+    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 10
 
 
 def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
@@ -443,13 +445,13 @@ def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
 
 def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monkeypatch):
     run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (ckpt.LATEST, ckpt.BEST)}
+    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
     if IS_ROOT:  # root writes through chmod 0o500: make every new file in the run directory fail as it would
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(ckpt.tempfile, "mkstemp", denied)
-        monkeypatch.setattr(ckpt.tempfile, "TemporaryFile", denied)
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+        monkeypatch.setattr(rundir.tempfile, "TemporaryFile", denied)
     else:
         run.chmod(0o500)
     try:
@@ -460,4 +462,4 @@ def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monk
     line = assert_one_error(result, "Permission denied")
     assert str(run) in line
     assert checkpoints_unchanged(run, before)
-    assert ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 10
+    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 10

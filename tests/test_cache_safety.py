@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import charlstm.data as data_module
+import charlstm.tokencache as tokencache
+import charlstm.tokens as tokens_module
 from charlstm.config import CorpusConfig
-from charlstm.data import load_corpus, prepare_tokens
+from charlstm.corpus import load_corpus
+from charlstm.vocab import Vocab
+from charlstm.tokens import prepare_tokens
 from charlstm.errors import CharlstmError
 
 from .conftest import make_text
@@ -186,11 +189,11 @@ def test_a_resumed_vocabulary_in_its_own_order_is_reused(tmp_path):
     path.write_text(make_text(2000))
     corpus, run = load(path), tmp_path / "run"
     chars = prepare_tokens(corpus, 0.1).vocab.chars
-    given = data_module.Vocab(chars[::-1] + ["~"])  # not the built order, and a character the corpus lacks
+    given = Vocab(chars[::-1] + ["~"])  # not the built order, and a character the corpus lacks
     first = prepare_tokens(corpus, 0.1, vocab=given, cache_dir=run, cache_over=0)
     again = prepare_tokens(corpus, 0.1, vocab=given, cache_dir=run, cache_over=0)
     assert "reusing" in again.notes[0] and np.array_equal(np.asarray(again.ids), np.asarray(first.ids))
-    other = prepare_tokens(corpus, 0.1, vocab=data_module.Vocab(chars), cache_dir=run, cache_over=0)
+    other = prepare_tokens(corpus, 0.1, vocab=Vocab(chars), cache_dir=run, cache_over=0)
     assert len(other.notes) == 1 and "encoded the corpus" in other.notes[0]
 
 
@@ -233,7 +236,7 @@ def test_truncated_or_missing_ids(corpus, tmp_path, cut):
 @pytest.mark.parametrize("in_memory_limit", [0, 1 << 20], ids=["memory-mapped", "loaded"])
 @pytest.mark.parametrize("where", [0, "middle", -1])
 def test_ids_beyond_the_vocabulary(corpus, tmp_path, in_memory_limit, where, monkeypatch):
-    monkeypatch.setattr(data_module, "MAX_ID_CHUNK", 64)  # several slices, so the one holding it must be read
+    monkeypatch.setattr(tokencache, "MAX_ID_CHUNK", 64)  # several slices, so the one holding it must be read
     run = tmp_path / "run"
     expected = built(corpus, run)
     path = run / "corpus.uint8.bin"
@@ -246,12 +249,12 @@ def test_ids_beyond_the_vocabulary(corpus, tmp_path, in_memory_limit, where, mon
 
 def test_the_id_check_reads_each_slice(tmp_path, monkeypatch):
     """_max_id over a memory-mapped file equals numpy's max, for sizes around the slice length."""
-    monkeypatch.setattr(data_module, "MAX_ID_CHUNK", 7)
+    monkeypatch.setattr(tokencache, "MAX_ID_CHUNK", 7)
     for n in (1, 6, 7, 8, 50):
         values = np.arange(n, dtype=np.uint16) % 5
         values[n - 1] = 9
         values.tofile(tmp_path / "ids.bin")
-        assert data_module._max_id(np.memmap(tmp_path / "ids.bin", dtype=np.uint16, mode="r")) == 9
+        assert tokencache._max_id(np.memmap(tmp_path / "ids.bin", dtype=np.uint16, mode="r")) == 9
 
 
 @pytest.mark.parametrize("name", ["corpus.uint8.bin", "corpus.json"])
@@ -371,7 +374,7 @@ def test_a_build_cut_short_is_never_described(corpus, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "encode_corpus", crash)
+    monkeypatch.setattr(tokens_module, "encode_corpus", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(corpus, run)
     assert not (run / "corpus.json").exists()

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm.errors import CharlstmError
 
 
@@ -100,11 +102,11 @@ def test_resolve_and_find_latest(tmp_path):
         ckpt.save_checkpoint(payload(), root / name / "latest.pt")
     os.utime(root / "old" / "best.pt", (1, 1))
     os.utime(root / "old" / "latest.pt", (1, 1))
-    assert ckpt.find_latest_run(root) == root / "new"
-    assert ckpt.resolve_checkpoint(root / "new") == root / "new" / "best.pt"
-    assert ckpt.resolve_checkpoint(root / "new", prefer=ckpt.LATEST) == root / "new" / "latest.pt"
+    assert rundir.find_latest_run(root) == root / "new"
+    assert rundir.resolve_checkpoint(root / "new") == root / "new" / "best.pt"
+    assert rundir.resolve_checkpoint(root / "new", prefer=rundir.LATEST) == root / "new" / "latest.pt"
     with pytest.raises(CharlstmError, match="train one first"):
-        ckpt.find_latest_run(tmp_path / "nothing")
+        rundir.find_latest_run(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CharlstmError, match="not a charlstm run"):
-        ckpt.resolve_checkpoint(tmp_path / "empty")
+        rundir.resolve_checkpoint(tmp_path / "empty")

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm import safeload
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.errors import CharlstmError
@@ -304,20 +306,20 @@ def test_damaged_run_json_is_a_charlstm_error(tmp_path):
     for content in (b"{", b"[1, 2]", b"null", b"\xff\xfe garbage", b"[" * 100_000, b'"text"'):
         (tmp_path / "run.json").write_bytes(content)
         with pytest.raises(CharlstmError, match="run.json"):
-            ckpt.read_run_json(tmp_path)
+            rundir.read_run_json(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"step": 3}))
-    assert ckpt.read_run_json(tmp_path) == {"step": 3}
+    assert rundir.read_run_json(tmp_path) == {"step": 3}
 
 
 def test_metrics_line_cut_by_a_kill_is_skipped_and_the_next_row_kept(tmp_path):
-    ckpt.append_metrics(tmp_path, {"step": 1, "val_loss": 2.0})
-    with open(tmp_path / ckpt.METRICS, "a") as handle:
+    rundir.append_metrics(tmp_path, {"step": 1, "val_loss": 2.0})
+    with open(tmp_path / rundir.METRICS, "a") as handle:
         handle.write('{"step": 2, "val_lo')  # killed mid-line
-    assert [r["step"] for r in ckpt.read_metrics(tmp_path)] == [1]
-    ckpt.append_metrics(tmp_path, {"step": 3, "val_loss": 1.0})
-    with open(tmp_path / ckpt.METRICS, "ab") as handle:
+    assert [r["step"] for r in rundir.read_metrics(tmp_path)] == [1]
+    rundir.append_metrics(tmp_path, {"step": 3, "val_loss": 1.0})
+    with open(tmp_path / rundir.METRICS, "ab") as handle:
         handle.write(b'[1]\n"x"\n{"step": "ten"}\n\xff\xfe\n' + b"[" * 100_000 + b"\n")
-    assert [r["step"] for r in ckpt.read_metrics(tmp_path)] == [1, 3]
+    assert [r["step"] for r in rundir.read_metrics(tmp_path)] == [1, 3]
 
 
 # ------------------------------------------------------------------------------------------ the fuzzer

@@ -9,24 +9,18 @@ import pytest
 import torch
 
 from charlstm.config import CorpusConfig, ModelConfig, SampleConfig, TrainConfig
-from charlstm.data import (
-    Corpus,
-    Streams,
-    Vocab,
-    load_corpus,
-    prepare_tokens,
-    read_text_chunks,
-    read_text_file,
-    split_paragraphs,
-    split_train_val,
-)
+from charlstm.corpus import Corpus, load_corpus, split_paragraphs
+from charlstm.streams import Streams
+from charlstm.textio import read_text_chunks, read_text_file
+from charlstm.tokens import prepare_tokens, split_train_val
+from charlstm.vocab import Vocab
 from charlstm.errors import CharlstmError
 from charlstm.sample import load_model, sample_text
 from charlstm.train import train
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, notes_into
 
-QUIET = dict(show_progress=False, log=lambda line: None)
+QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 
 
 def records_of(data) -> list[str]:
@@ -308,7 +302,7 @@ def test_shared_tweets_csv_has_all_rows():
 
 def test_cached_memmapped_corpus_resumes_exactly(tmp_path, tree, monkeypatch):
     """Training from the encoded cache (memory-mapped) gives the same run as in memory, and resumes exactly."""
-    import charlstm.data as data
+    import charlstm.tokens as data
 
     corpus = load(tree)
     model, config = ModelConfig(hidden=16, embed=8), TrainConfig(batch_size=4, seq_len=8, max_steps=12, eval_every=4)
@@ -318,13 +312,14 @@ def test_cached_memmapped_corpus_resumes_exactly(tmp_path, tree, monkeypatch):
     train(corpus, model, config, tmp_path / "mapped", should_stop=lambda step: step == 5, **QUIET)
     assert (tmp_path / "mapped" / "corpus.uint8.bin").exists()
     lines = []
-    train(corpus, model, config, tmp_path / "mapped", resume_from=tmp_path / "mapped", show_progress=False, log=lines.append)
+    train(corpus, model, config, tmp_path / "mapped", resume_from=tmp_path / "mapped", on_event=notes_into(lines))
     assert any("reusing the encoded corpus" in line for line in lines)
     from charlstm import checkpoint as ckpt
+    from charlstm import rundir
 
     a, b = (ckpt.load_checkpoint(tmp_path / run / "latest.pt")["model"] for run in ("memory", "mapped"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    curves = [[(r["step"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(tmp_path / run)] for run in ("memory", "mapped")]
+    curves = [[(r["step"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(tmp_path / run)] for run in ("memory", "mapped")]
     assert curves[0] == curves[1] and len(curves[0]) == 3
 
 

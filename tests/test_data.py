@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.data import IGNORE_INDEX, Streams, Vocab, decode_bytes, fit_batch_shape, split_train_val
+from charlstm.streams import IGNORE_INDEX, Streams, fit_batch_shape
+from charlstm.textio import decode_bytes
+from charlstm.tokens import split_train_val
+from charlstm.vocab import Vocab
 from charlstm.errors import CharlstmError
 
 

@@ -15,15 +15,20 @@ import torch
 import torch.multiprocessing as mp
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import Streams, load_corpus
+from charlstm.corpus import load_corpus
+from charlstm.streams import Streams
 from charlstm.distributed import Distributed
 from charlstm.errors import CharlstmError
-from charlstm.train import Trainer, train, window_loss_sum
+from charlstm.loss import window_loss_sum
+from charlstm.train import train
+from charlstm.trainer import Trainer
 
 from .conftest import make_text
 
-QUIET = dict(show_progress=False, log=lambda line: None)
+QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 STEPS = 12
 # the same run through the CLI flags and through the config objects; dropout 0: no randomness in training
 FLAGS = ["--layers", "2", "--hidden", "24", "--embed", "8", "--batch-size", "8", "--seq-len", "16", "--eval-every", "5",
@@ -69,7 +74,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def assert_same_run(a: Path, b: Path) -> None:
     """Same weights, carried state and loss curve, within float tolerance (gradients are summed in another order)."""
-    first, second = ckpt.load_checkpoint(a / ckpt.LATEST), ckpt.load_checkpoint(b / ckpt.LATEST)
+    first, second = ckpt.load_checkpoint(a / rundir.LATEST), ckpt.load_checkpoint(b / rundir.LATEST)
     assert first["progress"]["step"] == second["progress"]["step"] == STEPS
     assert first["model"].keys() == second["model"].keys()
     for key in first["model"]:
@@ -78,7 +83,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     for x, y in zip(first["hidden"], second["hidden"]):
         assert x.shape == y.shape == (2, 8, 24)
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
-    curve_a, curve_b = ckpt.read_metrics(a), ckpt.read_metrics(b)
+    curve_a, curve_b = rundir.read_metrics(a), rundir.read_metrics(b)
     assert [(r["step"], r["chars_seen"]) for r in curve_a] == [(r["step"], r["chars_seen"]) for r in curve_b]
     for ra, rb in zip(curve_a, curve_b):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
@@ -115,12 +120,12 @@ def test_compile_flag_compiles_the_loss(tmp_path, corpus_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r", log=lambda s: None)
+    trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r")
     assert compiled == [window_loss_sum] and trainer.loss_sum is window_loss_sum
-    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e", log=lambda s: None).loss_sum is window_loss_sum
+    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e").loss_sum is window_loss_sum
     assert len(compiled) == 1  # not without the flag
-    trainer.train(show_progress=False)
-    saved = ckpt.load_checkpoint(tmp_path / "r" / ckpt.LATEST)
+    trainer.train()
+    saved = ckpt.load_checkpoint(tmp_path / "r" / rundir.LATEST)
     assert saved["train_config"]["compile"] is True
     assert saved["model"].keys() == trainer.model.state_dict().keys()  # the bare module's names, no wrapper prefix
 
@@ -135,7 +140,7 @@ def test_compile_flag_on_the_command_line(tmp_path, corpus_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", str(corpus_path), "--max-steps", "2", "--out", str(tmp_path / "r"), "--compile", *FLAGS])
     assert result.exit_code == 0, result.output
     assert len(compiled) == 1
-    assert ckpt.read_run_json(tmp_path / "r")["train_config"]["compile"] is True
+    assert rundir.read_run_json(tmp_path / "r")["train_config"]["compile"] is True
 
 
 # ------------------------------------------------------------------------------------------ two ranks
@@ -146,7 +151,7 @@ def test_two_ranks_match_one_process(tmp_path, corpus_path, single_run):
     done = torchrun(str(corpus_path), "--max-steps", str(STEPS), "--out", str(run), *FLAGS)
     assert done.stderr.count("charlstm train") == 1, done.stderr  # only rank 0 reports
     assert "x 2 processes" in done.stderr
-    assert ckpt.read_run_json(run)["world_size"] == 2
+    assert rundir.read_run_json(run)["world_size"] == 2
     assert_same_run(single_run, run)
 
 
@@ -176,7 +181,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, singl
             for process in ranks.processes:
                 process.kill()
             pytest.fail("the two ranks did not finish (did one stop without the other?)")
-    assert ckpt.load_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 6
+    assert ckpt.load_checkpoint(run / rundir.LATEST)["progress"]["step"] == 6
     resumed = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, resume_from=run, **QUIET)
     assert resumed.step == STEPS and resumed.world_size == 1
     assert_same_run(single_run, run)
@@ -184,7 +189,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, singl
 
 def _rank_encoding(rank: int, port: int, corpus_path: Path, run: Path, marks: Path) -> None:
     """A rank that caches even a tiny corpus and leaves a mark each time it encodes one."""
-    from charlstm import data
+    from charlstm import tokens as data
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -207,13 +212,13 @@ def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, c
     mp.start_processes(_rank_encoding, args=(_free_port(), corpus_path, run, marks), nprocs=2, start_method="spawn")
     assert [m.name.split("-")[0] for m in marks.iterdir()] == ["rank0"]  # encoded once, by rank 0
     assert len(list(run.glob("corpus.*.bin"))) == 1
-    assert ckpt.load_checkpoint(run / ckpt.LATEST)["progress"]["step"] == 2
+    assert ckpt.load_checkpoint(run / rundir.LATEST)["progress"]["step"] == 2
 
 
 def _rank_that_fails_on_rank_0(rank: int, port: int, corpus_path: Path, run: Path, errors: Path, where: str) -> None:
     """A rank whose corpus scan (`where` = "corpus") or first checkpoint save ("save") fails on rank 0 only,
     as a corpus found bad by the first reader, or a full disk where rank 0 writes."""
-    from charlstm import data
+    from charlstm import tokens as data
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -276,10 +281,10 @@ def test_compiled_training_matches_eager(tmp_path, corpus_path):
         pytest.skip("no C++ compiler for torch.compile on CPU")
     corpus = load_corpus([corpus_path])
     for name, compile in (("eager", False), ("compiled", True)):
-        trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=3, compile=compile), tmp_path / name, log=lambda s: None)
-        trainer.train(show_progress=False)
+        trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=3, compile=compile), tmp_path / name)
+        trainer.train()
     assert trainer.loss_sum is not window_loss_sum
-    eager, compiled = (ckpt.load_checkpoint(tmp_path / n / ckpt.LATEST)["model"] for n in ("eager", "compiled"))
+    eager, compiled = (ckpt.load_checkpoint(tmp_path / n / rundir.LATEST)["model"] for n in ("eager", "compiled"))
     for key in eager:
         torch.testing.assert_close(eager[key], compiled[key], rtol=1e-4, atol=1e-5, msg=key)
 

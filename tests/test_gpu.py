@@ -2,7 +2,7 @@
 
 What they check, each next to the CPU test that covers its logic without a GPU:
   * the CUDA-graph sampler is captured (not the eager fallback) and writes the same ids as the plain
-    per-character stepper on the same GPU (CPU: test_fastsample.test_chunked_stepper_eager_equals_plain);
+    per-character stepper on the same GPU (CPU: test_steppers.test_chunked_stepper_eager_equals_plain);
   * training on the GPU keeps the corpus resident and gathers windows there, in fp32 and bf16, resumes, and its
     checkpoint samples on the CPU (CPU: test_data.test_device_side_gather_equals_host_gather, test_train);
   * two GPUs with NCCL train what one process trains (CPU, gloo: test_distributed).
@@ -18,15 +18,18 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm.config import SampleConfig
-from charlstm.data import load_corpus
-from charlstm.fastsample import ChunkedTorchStepper, TorchStepper, make_stepper
+from charlstm.corpus import load_corpus
+from charlstm.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.sample import LoadedModel, load_model, sample_text
-from charlstm.train import Trainer, train
+from charlstm.train import train
+from charlstm.trainer import Trainer
 
 from .conftest import make_text
 from .test_distributed import FLAGS, QUIET, STEPS, child_env, tiny_model, tiny_train
-from .test_fastsample import CHARS, END_OF_RECORD, random_model
+from .test_steppers import CHARS, END_OF_RECORD, random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -71,18 +74,18 @@ def test_cuda_sampling_ends_records_like_the_plain_path():
 def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpus_path, precision):
     corpus = load_corpus([corpus_path])
     config = tiny_train(max_steps=STEPS, device="cuda", precision=precision)
-    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run")
     streams = trainer.train_streams
     assert trainer.device.type == "cuda" and not streams._on_host  # the ids live on the GPU
     assert streams._tokens.device.type == "cuda" and streams._tokens.element_size() == 1  # compact, uint8
     x, y = streams.batch_at(0)
     assert x.device.type == y.device.type == "cuda"
-    first = trainer.train(should_stop=lambda step: step == 6, show_progress=False)
+    first = trainer.train(should_stop=lambda step: step == 6)
     assert first.step == 6 and first.precision == precision and first.device.startswith("cuda")
     resumed = train(corpus, tiny_model(), config, tmp_path / "run", resume_from=tmp_path / "run", **QUIET)
     assert resumed.step == STEPS and math.isfinite(resumed.best_val_loss)
     straight = train(corpus, tiny_model(), config, tmp_path / "straight", **QUIET)
-    a, b = (ckpt.load_checkpoint(tmp_path / name / ckpt.LATEST)["model"] for name in ("run", "straight"))
+    a, b = (ckpt.load_checkpoint(tmp_path / name / rundir.LATEST)["model"] for name in ("run", "straight"))
     tolerance = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
     for key in a:  # resumed == straight, up to cuDNN's choice of kernels (and bf16 rounding)
         torch.testing.assert_close(a[key], b[key], **tolerance, msg=key)
@@ -100,8 +103,8 @@ def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
                "train", str(corpus_path), "--max-steps", str(STEPS), "--precision", "fp32", "--out", str(tmp_path / "ddp"), *flags]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert ckpt.read_run_json(tmp_path / "ddp")["world_size"] == 2
-    one, two = (ckpt.load_checkpoint(run / ckpt.LATEST) for run in (single, tmp_path / "ddp"))
+    assert rundir.read_run_json(tmp_path / "ddp")["world_size"] == 2
+    one, two = (ckpt.load_checkpoint(run / rundir.LATEST) for run in (single, tmp_path / "ddp"))
     assert one["progress"]["step"] == two["progress"]["step"] == STEPS
     for key in one["model"]:  # NCCL sums the gradients in another order (TF32 is allowed for fp32 matmuls)
         torch.testing.assert_close(one["model"][key], two["model"][key], rtol=1e-2, atol=1e-3, msg=key)

@@ -20,10 +20,12 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm.cli import app
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import Corpus
-from charlstm.train import Trainer
+from charlstm.corpus import Corpus
+from charlstm.trainer import Trainer
 
 from .conftest import make_text
 
@@ -43,12 +45,12 @@ def train_command(corpus: Path, run: Path, resume: bool) -> list[str]:
 
 def saved_step(run: Path) -> int:
     """The step in latest.pt, loaded the way a resume loads it (this fails if the file is damaged)."""
-    return ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"]
+    return ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"]
 
 
 def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
     """Until latest.pt is (re)written by this process, so every round makes progress before it is killed."""
-    latest = run / ckpt.LATEST
+    latest = run / rundir.LATEST
     before = latest.stat().st_mtime_ns if latest.exists() else None
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -71,8 +73,8 @@ def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tenso
     model = ModelConfig(hidden=16, embed=8)
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS, save_every=100)
     corpus = Corpus(text=corpus_text, name="corpus", sources=["memory"])
-    Trainer(corpus, model, config, tmp_path / "reference", log=lambda line: None).train(show_progress=False)
-    return ckpt.load_checkpoint(tmp_path / "reference" / ckpt.LATEST)["model"]
+    Trainer(corpus, model, config, tmp_path / "reference").train()
+    return ckpt.load_checkpoint(tmp_path / "reference" / rundir.LATEST)["model"]
 
 
 def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
@@ -82,7 +84,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     run = tmp_path / "run"
     steps_seen, kills, leftovers = [], 0, 0
     for round_ in range(3):
-        proc = subprocess.Popen(train_command(corpus, run, resume=(run / ckpt.LATEST).exists()), cwd=tmp_path,
+        proc = subprocess.Popen(train_command(corpus, run, resume=(run / rundir.LATEST).exists()), cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
         if round_ == 0:  # the first kill may come before any checkpoint exists
             while not run.exists() and proc.poll() is None:
@@ -96,10 +98,10 @@ def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
         assert proc.returncode == -signal.SIGKILL
         kills += 1
         leftovers += len(list(run.glob(".*.tmp")))
-        if (run / ckpt.LATEST).exists():
+        if (run / rundir.LATEST).exists():
             steps_seen.append(saved_step(run))  # loads: a kill never leaves a damaged latest.pt
-            if (run / ckpt.BEST).exists():
-                ckpt.load_model_checkpoint(run / ckpt.BEST)
+            if (run / rundir.BEST).exists():
+                ckpt.load_model_checkpoint(run / rundir.BEST)
     assert kills == 3, f"only {kills} kills landed"
     assert steps_seen == sorted(steps_seen), f"a resume went backwards: {steps_seen}"
     assert steps_seen and steps_seen[-1] < TARGET_STEPS
@@ -109,7 +111,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     assert saved_step(run) == TARGET_STEPS
     assert not list(run.glob(".*.tmp")), "temporary files of killed saves were not cleaned up"
     # every resume restarted from exactly the saved state: the weights are those of an uninterrupted run
-    resumed = ckpt.load_checkpoint(run / ckpt.LATEST)["model"]
+    resumed = ckpt.load_checkpoint(run / rundir.LATEST)["model"]
     expected = reference_weights(corpus.read_text(encoding="utf-8"), tmp_path)
     for name, tensor in expected.items():
         assert torch.allclose(resumed[name], tensor, atol=1e-5), name
@@ -154,7 +156,7 @@ def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
 @pytest.mark.parametrize("every", ["steps", "seconds"])
 def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every):
     """Between two saves there are never more than --save-every steps (or seconds of training)."""
-    import charlstm.train as train_module
+    import charlstm.trainer as train_module
 
     clock = iter(range(10**6))
     fake_time = SimpleNamespace(perf_counter=lambda: next(clock) * 0.25)  # every call: +0.25 s
@@ -163,7 +165,7 @@ def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every
     real_save = ckpt.save_checkpoint
 
     def recording_save(payload, path):
-        if Path(path).name == ckpt.LATEST:
+        if Path(path).name == rundir.LATEST:
             saves.append((payload["progress"]["step"], payload["progress"]["train_seconds"]))
         real_save(payload, path)
 
@@ -171,9 +173,8 @@ def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every
     limit = {"save_every": 7} if every == "steps" else {"save_every_seconds": 3.0}
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=1000, max_steps=60, **limit)
     corpus = Corpus(text=make_text(2000), name="tiny", sources=["memory"])
-    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run", log=lambda line: None).train(
-        show_progress=False
-    )
+    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run").train(
+        )
     steps = [0] + [s for s, _ in saves]
     seconds = [0.0] + [t for _, t in saves]
     assert steps[-1] == 60 and len(saves) >= 5

@@ -7,7 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charlstm.config import ModelConfig, SampleConfig
-from charlstm.data import IGNORE_INDEX, Streams, Vocab, split_train_val
+from charlstm.streams import IGNORE_INDEX, Streams
+from charlstm.tokens import split_train_val
+from charlstm.vocab import Vocab
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, sample_text
 

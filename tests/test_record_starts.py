@@ -9,9 +9,11 @@ import torch
 
 from charlstm import starts
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.data import Corpus, Vocab, prepare_tokens
+from charlstm.corpus import Corpus
+from charlstm.tokens import prepare_tokens
+from charlstm.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.fastsample import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, load_model, sample_text
 from charlstm.starts import record_start_states
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EOR = 0  # the end-of-record marker's id: Vocab puts "" first
 CHARS = ["", *"\n .,;abcdefghijklmnopqrstuvwxyz"]
-QUIET = dict(show_progress=False, log=lambda s: None)
+QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 
 
 def random_model(cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 2.0,

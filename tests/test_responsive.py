@@ -15,18 +15,24 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm import validation
 from charlstm.cli import app
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import Corpus, Streams
+from charlstm.corpus import Corpus
+from charlstm.streams import Streams
 from charlstm.model import CharRNN
 from charlstm.progress import ConsoleProgress
-from charlstm.train import Trainer, evaluate, lr_at, train
+from charlstm.schedule import lr_at
+from charlstm.train import train
+from charlstm.trainer import Trainer
+from charlstm.validation import evaluate
 
-from .conftest import make_text
+from .conftest import make_text, notes_into
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUIET = dict(show_progress=False, log=lambda line: None)
+QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 runner = CliRunner()
 
 
@@ -39,7 +45,7 @@ def tiny_train(**kw):
 
 
 def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(run_dir)]
 
 
 # ------------------------------------------------------------------------------------------ the slice
@@ -75,16 +81,16 @@ def test_periodic_validation_scores_only_its_slice(tmp_path):
     """On a big validation split, each periodic check reads about --eval-chars characters, not the whole split."""
     corpus = Corpus(text=make_text(120_000, seed=3), name="big", sources=["memory"])
     config = tiny_train(max_steps=10, val_frac=0.5, eval_chars=2048, final_eval_chars=8192)
-    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda line: None)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run")
     evaluated = []
     trainer.model.register_forward_hook(lambda m, args, out: evaluated.append(args[0].numel()) if not m.training else None)
-    trainer.train(show_progress=False)
+    trainer.train()
     per_check = len(trainer.periodic_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
     final = len(trainer.final_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
     assert trainer.periodic_slice.chars < 4096 and not trainer.final_slice.whole
     # two periodic checks (steps 5 and 10) and one final evaluation; the split holds ~60,000 characters
     assert sum(evaluated) <= 2 * per_check + final < 60_000 / 2
-    rows = ckpt.read_metrics(tmp_path / "run")
+    rows = rundir.read_metrics(tmp_path / "run")
     assert [r["val_chars"] for r in rows] == [trainer.periodic_slice.chars] * 2
     assert rows[-1]["final_val_chars"] == trainer.final_slice.chars and math.isfinite(rows[-1]["final_val_loss"])
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -147,13 +153,13 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
     monkeypatch.setattr(validation, "evaluate_slice", slow_chunks)
     on_event, fired = interrupt_during("validating")
-    result = train(corpus, tiny_model(), config, tmp_path / "b", log=lambda line: None, on_event=on_event)
+    result = train(corpus, tiny_model(), config, tmp_path / "b", on_event=on_event)
     stopped = time.perf_counter() - fired["at"]
     assert result.stopped_by == "interrupt (SIGINT)" and result.step == 6
     assert stopped < 5.0, "the validation was not cut short"  # it takes 8 s when it is not
     saved = ckpt.load_checkpoint(tmp_path / "b" / "latest.pt")
     assert saved["progress"]["step"] == 6 and saved["progress"]["eval_pending"] is True
-    assert ckpt.read_metrics(tmp_path / "b") == []  # the cut validation wrote no row
+    assert rundir.read_metrics(tmp_path / "b") == []  # the cut validation wrote no row
     monkeypatch.setattr(validation, "evaluate_slice", real)
 
     resumed = train(corpus, tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b", **QUIET)
@@ -166,7 +172,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
 def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
     """Reading the corpus is interruptible: nothing trained, nothing saved, KeyboardInterrupt (the CLI exits 130)."""
-    import charlstm.train as train_module
+    import charlstm.trainer as train_module
 
     def slow_prepare(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -202,17 +208,19 @@ def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
     config = tiny_train(max_steps=20, warmup_frac=0.1)
     lrs: dict[int, float] = {}
 
+    notes = []
+
     def record(kind, data):
         if kind == "step":
             lrs[data["step"]] = data["lr"]
+        notes_into(notes)(kind, data)
 
-    train(corpus, tiny_model(), config, tmp_path / "r", log=lambda line: None, on_event=record)
+    train(corpus, tiny_model(), config, tmp_path / "r", on_event=record)
     assert lrs[20] == pytest.approx(lr_at(config, 19 / 20))
     stopped_at = lr_at(config, 20 / 20)  # where the schedule stood when the run ended: its floor
-    notes = []
     longer = tiny_train(max_steps=40, warmup_frac=0.1)
     train(corpus, tiny_model(), longer, tmp_path / "x", resume_from=tmp_path / "r", explicit={"max_steps"},
-          log=notes.append, on_event=record)  # fmt: skip
+          on_event=record)  # fmt: skip
     message = next(n for n in notes if "re-planned" in n)
     assert "--max-steps 20 -> --max-steps 40" in message and f"{stopped_at:.2e}" in message
     # step 21 trains at the rate the run ended on (no jump); the ramp ends 10% of the budget (4 steps) later on
@@ -291,7 +299,7 @@ def test_resume_from_weights_without_optimizer_state(tmp_path):
     torch.save(payload, tmp_path / "r" / "latest.pt")
     notes = []
     result = train(corpus, tiny_model(), tiny_train(max_steps=8), tmp_path / "x", resume_from=tmp_path / "r",
-                   explicit={"max_steps"}, show_progress=False, log=notes.append)  # fmt: skip
+                   explicit={"max_steps"}, on_event=notes_into(notes))  # fmt: skip
     assert result.step == 8 and any("no optimizer state" in n for n in notes)
 
 

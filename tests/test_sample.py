@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.data import Corpus
+from charlstm.corpus import Corpus
 from charlstm.errors import CharlstmError
-from charlstm.sample import choose, filter_logits, load_model, sample_text
+from charlstm.draw import choose, filter_logits
+from charlstm.sample import load_model, sample_text
 from charlstm.train import train
 
 from .conftest import make_text
@@ -15,7 +16,7 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     corpus = Corpus(text=make_text(4000), name="tiny", sources=["memory"])
     train(corpus, ModelConfig(hidden=48, embed=16), TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30),
-          run, show_progress=False, log=lambda s: None)  # fmt: skip
+          run)  # fmt: skip
     return load_model(run)
 
 
@@ -91,7 +92,7 @@ class ScriptedStepper:
 )
 def test_stop_strings_and_end_of_record_emit_exactly_the_text_before_them(monkeypatch, stream, stop, expected):
     from charlstm import sample as sample_module
-    from charlstm.data import Vocab
+    from charlstm.vocab import Vocab
     from charlstm.model import CharRNN
     from charlstm.sample import LoadedModel
 

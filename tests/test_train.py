@@ -5,14 +5,18 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
+
+from charlstm import rundir
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import Corpus
+from charlstm.corpus import Corpus
 from charlstm.errors import CharlstmError
-from charlstm.train import Trainer, lr_at, train
+from charlstm.schedule import lr_at
+from charlstm.train import train
+from charlstm.trainer import Trainer
 
-from .conftest import make_text
+from .conftest import make_text, notes_into
 
-QUIET = dict(show_progress=False, log=lambda line: None)
+QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 
 
 def tiny_model(**kw):
@@ -33,7 +37,7 @@ def weights(run_dir, name="latest.pt"):
 
 
 def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(run_dir)]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -58,7 +62,7 @@ def test_resume_is_exact(tmp_path, corpus, cell):
 
 
 def test_streams_wrap_within_resume_test(corpus):
-    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=24), "unused", log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=24), "unused")
     assert len(trainer.train_streams) < 24, "the exact-resume test should cross an epoch boundary"
 
 
@@ -71,7 +75,7 @@ def test_run_files(tmp_path, corpus):
     assert run["step"] == 10 and run["params"] == result.params
     rounding = 0.0005 / run["train_seconds"]  # run.json keeps train_seconds to 3 decimals; 10 tiny steps take ~0.02 s
     assert run["chars_per_second"] == pytest.approx(run["chars_seen"] / run["train_seconds"], rel=0.01 + rounding)
-    rows = ckpt.read_metrics(tmp_path / "run")
+    rows = rundir.read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [5, 10]
     assert set(rows[0]) >= {"step", "chars_seen", "train_loss", "val_loss", "seconds"}
     best = min(r["val_loss"] for r in rows)
@@ -82,7 +86,7 @@ def test_run_files(tmp_path, corpus):
 
 def test_training_lowers_loss(tmp_path, corpus):
     result = train(corpus, ModelConfig(hidden=64), tiny_train(max_steps=120, eval_every=40, seq_len=32, batch_size=8), tmp_path / "r", **QUIET)
-    rows = ckpt.read_metrics(tmp_path / "r")
+    rows = rundir.read_metrics(tmp_path / "r")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] < math.log(result.vocab_size)
     assert result.best_val_loss < 2.2
 
@@ -92,7 +96,7 @@ def test_architecture_flags_lose_to_checkpoint_with_warning(tmp_path, corpus):
     lines = []
     result = train(
         corpus, tiny_model(hidden=99), tiny_train(max_steps=6), tmp_path / "r", resume_from=tmp_path / "r",
-        explicit={"hidden", "max_steps"}, show_progress=False, log=lines.append,
+        explicit={"hidden", "max_steps"}, on_event=notes_into(lines),
     )  # fmt: skip
     assert result.step == 6
     assert any("--hidden 99" in line and "24" in line for line in lines)
@@ -109,11 +113,11 @@ def test_resume_refuses_new_characters(tmp_path, corpus):
 def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
     train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
     before = weights(tmp_path / "r")
-    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r", explicit={"max_steps"}, log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r", explicit={"max_steps"})
     with torch.no_grad():
         trainer.model.head.bias.fill_(float("nan"))
     with pytest.raises(CharlstmError, match=r"loss became nan at step 6.*lower --lr"):
-        trainer.train(show_progress=False)
+        trainer.train()
     after = weights(tmp_path / "r")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -130,8 +134,8 @@ def test_time_budget_and_schedule(tmp_path, corpus):
 
 
 def test_epoch_budget(tmp_path, corpus):
-    trainer = Trainer(corpus, tiny_model(), tiny_train(epochs=2, eval_every=1000), tmp_path / "r", log=lambda s: None)
-    result = trainer.train(show_progress=False)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(epochs=2, eval_every=1000), tmp_path / "r")
+    result = trainer.train()
     assert result.stopped_by == "epochs"
     assert result.chars_seen == 2 * trainer.train_streams.num_targets
     assert result.step == 2 * len(trainer.train_streams)

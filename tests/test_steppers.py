@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from charlstm.config import ModelConfig, SampleConfig
-from charlstm.data import Vocab
+from charlstm.vocab import Vocab
 from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
-from charlstm import draw, fastsample
-from charlstm.fastsample import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm import draw, steppers
+from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, sample_text
 
@@ -63,11 +63,11 @@ def test_numpy_draw_filters_like_torch():
 def cell_variant(request, monkeypatch):
     """Both ways NumpyLSTMStepper computes a step, whatever the batch size (normally chosen by batch size)."""
     if request.param.startswith("sigmoid"):
-        monkeypatch.setattr(fastsample, "SIGMOID_FROM", 1)
-        monkeypatch.setattr(fastsample, "ROW_MATMUL_UPTO", 1)
+        monkeypatch.setattr(steppers, "SIGMOID_FROM", 1)
+        monkeypatch.setattr(steppers, "ROW_MATMUL_UPTO", 1)
         monkeypatch.setattr(draw, "TORCH_ROWS_FROM", 1)  # the draw's torch exp and cumsum too
     else:
-        monkeypatch.setattr(fastsample, "SIGMOID_FROM", 10**9)
+        monkeypatch.setattr(steppers, "SIGMOID_FROM", 10**9)
     return request.param
 
 
@@ -99,8 +99,8 @@ def test_batch_sizes_choose_their_step_and_match_plain(num_samples):
     loaded = random_model(layers=2, hidden=40, seed=num_samples)
     config = SampleConfig(length=120, seed=num_samples, temperature=0.9, num_samples=num_samples)
     stepper = make_stepper(loaded.model, num_samples)
-    assert stepper.sigmoid == (num_samples >= fastsample.SIGMOID_FROM)
-    assert len(stepper.first_matmul) == (num_samples if num_samples <= fastsample.ROW_MATMUL_UPTO else 1)
+    assert stepper.sigmoid == (num_samples >= steppers.SIGMOID_FROM)
+    assert len(stepper.first_matmul) == (num_samples if num_samples <= steppers.ROW_MATMUL_UPTO else 1)
     threads = torch.get_num_threads()
     assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
     assert torch.get_num_threads() == threads  # restored after sampling on one torch thread

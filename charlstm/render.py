@@ -1,0 +1,195 @@
+"""What the commands print: the train summary, the run-has-used-its-budget message, `info`'s rows and the
+sample layouts. Text and Rich tables only; the CLI decides where they go."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.table import Table
+
+from .config import format_duration
+from .summary import TrainResult, finite_or_none
+
+
+def loss_text(value: float | None, what: str = "") -> str:
+    """1.2345 nats/char (1.7810 bits/char), what"""
+    if value is None:
+        return "-"
+    return f"{value:.4f} nats/char ({value / math.log(2):.4f} bits/char)" + (f", {what}" if what else "")
+
+
+def device_text(data: dict[str, Any]) -> str:
+    processes = data.get("world_size") or 1
+    return f"{data['device']} ({data.get('precision') or 'fp32'})" + (
+        f" x {processes} processes" if processes > 1 else ""
+    )
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> Table:
+    shown = Table(title=title, show_header=False, title_justify="left")
+    shown.add_column(style="bold")
+    shown.add_column()
+    for key, value in rows:
+        shown.add_row(key, value)
+    return shown
+
+
+def train_summary(result: TrainResult) -> Table:
+    data = result.summary
+    best, final = data["best_val_loss"], data["final_val_loss"]
+    rows = [
+        ("run", str(result.run_dir)),
+        ("stopped by", result.stopped_by),
+        ("steps", f"{data['step']:,}"),
+        ("characters seen", f"{data['chars_seen']:,}"),
+        ("time", f"{data['elapsed_seconds']:,.1f} s wall clock ({data['train_seconds']:,.1f} s of training steps)"),
+        ("speed", f"{data['chars_per_second']:,.0f} chars/s"),
+        ("best val loss", loss_text(best, "periodic slice (best.pt)") if best is not None else "not evaluated yet"),
+        ("final val loss", loss_text(final) if final is not None else "not evaluated (stopped early)"),
+        ("parameters", f"{data['params']:,} (vocabulary {data['vocab_size']})"),
+        ("device", device_text(data)),
+    ]
+    if result.resumed_from:
+        rows.insert(1, ("resumed from", result.resumed_from))
+    return table("charlstm train", rows)
+
+
+def budget_spent(result: TrainResult) -> str:
+    data = result.summary
+    final = data["final_val_loss"] if data["final_val_loss"] is not None else data["best_val_loss"]
+    loss = f"; val loss {final:.4f} nats/char" if final is not None else ""
+    return (
+        f"{result.run_dir} has already used its budget ({result.budget}: step {data['step']:,}, "
+        f"{format_duration(data['elapsed_seconds'])} of wall-clock time{loss}); nothing to train.\n"
+        f"To train more, give a larger budget (totals for the run), e.g.: "
+        f"charlstm train --resume {result.run_dir} {result.extend_with}"
+    )
+
+
+def interrupted(result: TrainResult) -> str:
+    launcher = f"torchrun --nproc-per-node {result.world_size} -m " if result.world_size > 1 else ""
+    signal = result.stopped_by.split("(")[-1].rstrip(")")
+    return (
+        f"Stopped by {signal} at step {result.step}; saved {result.run_dir / 'latest.pt'}.\n"
+        f"Resume with: {launcher}charlstm train --resume {result.run_dir}"
+    )
+
+
+def sampling_header(path: Any, progress: dict[str, Any]) -> str:
+    loss = finite_or_none(progress.get("final_val_loss")) or finite_or_none(progress.get("best_val_loss"))
+    return f"Sampling from {path} (step {progress.get('step', 0):,}" + (
+        f", val loss {loss:.3f} nats/char)" if loss is not None else ")"
+    )
+
+
+def samples(texts: list[str], temperature: float, label_temperature: bool, out_format: str) -> str:
+    if out_format == "jsonl":
+        return "".join(
+            json.dumps({"temperature": temperature, "sample": i + 1, "text": t}, ensure_ascii=False) + "\n"
+            for i, t in enumerate(texts)
+        )
+    heading = f"═══ temperature {temperature:g} ═══\n" if label_temperature else ""
+    if len(texts) == 1:
+        return heading + texts[0] + "\n"
+    return heading + "".join(f"─── sample {i + 1} ───\n{t}\n" for i, t in enumerate(texts))
+
+
+def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """`charlstm info` as labelled, readable rows (the raw dict is what --json prints)."""
+    rows: list[tuple[str, str]] = []
+    if data.get("checkpoint"):
+        rows.append(("checkpoint", str(data["checkpoint"])))
+    rows += _corpus_rows(data)
+    model = data.get("model_config") or {}
+    rows.append((
+        "model",
+        f"{model.get('cell', '?')}, {model.get('layers', '?')} x {model.get('hidden', '?')}, "
+        f"embedding {model.get('embed', '?')}, dropout {model.get('dropout', 0):g}",
+    ))  # fmt: skip
+    if data.get("params") is not None:
+        rows.append(("  parameters", f"{data['params']:,}"))
+    train = data.get("train_config") or {}
+    budget = []
+    for key, flag in (("max_steps", "--max-steps"), ("epochs", "--epochs"), ("max_time", "--max-time")):
+        if train.get(key):
+            budget.append(f"{flag} {format_duration(train[key]) if key == 'max_time' else train[key]}")
+    rows.append(("budget", " or ".join(budget) or "-"))
+    rows.append((
+        "training",
+        f"batch {train.get('batch_size', '?')} x {train.get('seq_len', '?')}, lr {train.get('lr', 0):g}, "
+        f"eval every {train.get('eval_every', '?')} steps",
+    ))  # fmt: skip
+    rows.append((
+        "progress",
+        f"step {data.get('step', 0):,}, epoch {data.get('epoch', 0)}, {data.get('chars_seen', 0):,} characters seen",
+    ))  # fmt: skip
+    elapsed, seconds = data.get("elapsed_seconds"), data.get("train_seconds") or 0.0
+    time_text = f"{format_duration(elapsed)} wall clock, " if elapsed is not None else ""
+    speed = data.get("chars_per_second", 0)
+    rows.append(("time", f"{time_text}{seconds:,.1f} s of training steps, {speed:,.0f} chars/s"))
+    if data.get("device"):
+        rows.append(("device", device_text(data)))
+    rows += _loss_rows(data)
+    rows.append(("format", f"checkpoint version {data.get('checkpoint_format_version', '?')}"))
+    return rows
+
+
+def _corpus_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    corpus = data.get("corpus") or {}
+    config = corpus.get("config") or {}
+    sources = config.get("paths") or corpus.get("sources") or []
+    rows = [("corpus", str(corpus.get("name", "?")))]
+    if sources:
+        more = f" and {len(sources) - 5} more" if len(sources) > 5 else ""
+        rows.append(("  sources", ", ".join(str(s) for s in sources[:5]) + more))
+    if config.get("globs"):
+        rows.append(("  globs", " ".join(config["globs"])))
+    if config.get("text_field"):
+        rows.append(("  field", str(config["text_field"])))
+    if config.get("encoding", "utf-8") != "utf-8":
+        rows.append(("  encoding", str(config["encoding"])))
+    records, lengths = data.get("records"), data.get("record_lengths")
+    if records is not None:
+        mode = config.get("records", "auto")
+        text = f"{records:,}" + (f" ({mode})" if mode not in (None, "auto") else "")
+        if isinstance(lengths, dict):
+            text += (
+                f", length min {lengths.get('min', 0):,} · median {lengths.get('median', 0):,.0f} · "
+                f"max {lengths.get('max', 0):,} characters"
+            )
+        rows.append(("  records", text))
+    else:
+        rows.append(("  records", "none (one stream)"))
+    if corpus.get("chars") is not None:
+        rows.append(("  characters", f"{corpus['chars']:,}"))
+    vocab = data.get("vocab_size")
+    if vocab is not None:
+        marker = " (with the end-of-record marker)" if records is not None else ""
+        rows.append(("  vocabulary", f"{vocab:,} symbols{marker}"))
+    return rows
+
+
+def _loss_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    validation = data.get("validation") or {}
+    split = validation.get("split_chars", 0)
+    if validation and not validation.get("periodic_whole_split"):
+        periodic = f"periodic slice of {validation['periodic_chars']:,} of {split:,} characters"
+    else:
+        periodic = "whole validation split"
+    if validation and not validation.get("final_whole_split"):
+        final = f"{validation['final_chars']:,} of {split:,} characters"
+    else:
+        final = "whole validation split"
+    final_loss = data.get("final_val_loss")
+    return [
+        ("best val loss", loss_text(data.get("best_val_loss"), periodic + "; chose best.pt")),
+        ("last val loss", loss_text(data.get("last_val_loss"), periodic)),
+        (
+            "final val loss",
+            loss_text(final_loss, "final evaluation, " + final)
+            if final_loss is not None
+            else "- (the run has not reached its end)",
+        ),
+    ]

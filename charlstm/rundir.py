@@ -1,0 +1,165 @@
+"""The run directory: what a run writes where, and finding runs and their checkpoints again.
+
+    latest.pt      the newest checkpoint (resume from here)
+    best.pt        the checkpoint with the lowest periodic validation loss (sample from here)
+    run.json       config, sizes, progress and losses, human readable
+    metrics.jsonl  one line per validation
+    train.lock     held by the process training the run (runlock.py)
+    corpus.*       the encoded corpus of a large corpus (tokencache.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write, reason, temporary_files, write_json
+from .errors import CharlstmError
+
+DEFAULT_ROOT = Path("checkpoints")
+LATEST, BEST, RUN_JSON, METRICS = "latest.pt", "best.pt", "run.json", "metrics.jsonl"
+MAX_RUN_JSON_BYTES = 16 << 20  # run.json is a few KB; a larger one is not ours
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's checkpoints and records (for a new run in the same directory)."""
+    for name in (LATEST, BEST, RUN_JSON, METRICS):
+        try:
+            (Path(run_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CharlstmError(f"cannot replace the run in {run_dir}: {exc.strerror or exc}") from None
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent; remove temporary
+    files that a save killed part-way left behind (they are never read)."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except FileExistsError:
+        raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
+    except OSError as exc:
+        raise CharlstmError(
+            f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
+        ) from None
+    for name in (LATEST, BEST, RUN_JSON, METRICS):
+        for stale in temporary_files(run_dir / name):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / LATEST).exists() or (path / BEST).exists() or (path / RUN_JSON).exists())
+
+
+def resolve_checkpoint(path: Path, prefer: str = BEST) -> Path:
+    """A .pt file as given, or the `prefer`red checkpoint of a run directory (falling back to the other)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        other = LATEST if prefer == BEST else BEST
+        for name in (prefer, other):
+            if (path / name).is_file():
+                return path / name
+        raise CharlstmError(f"{path} is a directory without {BEST} or {LATEST}; not a charlstm run")
+    raise CharlstmError(f"no such run or checkpoint: {path}")
+
+
+def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
+    """The run directory under `root` whose checkpoint was written most recently."""
+    root = Path(root)
+    candidates = [p.parent for p in root.glob(f"*/{LATEST}")] + [p.parent for p in root.glob(f"*/{BEST}")]
+    if not candidates:
+        raise CharlstmError(
+            f"no trained model found under {root}/; train one first, e.g. `charlstm train corpus.txt`"
+        )
+    return max(set(candidates), key=lambda run: max(f.stat().st_mtime for f in run.glob("*.pt")))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl. A line that is not a JSON object (the last one cut short by a kill, or a
+    damaged one), or whose step is not a number, is skipped: the rows are what the caller can rely on."""
+    path = Path(run_dir) / METRICS
+    try:
+        text = path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut short by a crash, or damaged
+            continue
+        step = row.get("step", 0) if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            rows.append(row)
+    return rows
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(Path(run_dir) / METRICS, lambda handle: handle.write(text.encode()))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "ab") as handle:
+            # after a kill part-way through a line, start a new one: the row is not glued to the cut one
+            cut = handle.tell() > 0 and _last_byte(path) != b"\n"
+            handle.write((("\n" if cut else "") + json.dumps(row) + "\n").encode())
+    except OSError as exc:  # a line cut short is skipped by read_metrics
+        raise CharlstmError(f"could not write {path}: {reason(exc)}; the checkpoints are saved") from None
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """run.json as a dict; anything else (missing, unreadable, damaged, not an object) is a CharlstmError the
+    caller can fall back from."""
+    path = Path(run_dir) / RUN_JSON
+    try:
+        if path.stat().st_size > MAX_RUN_JSON_BYTES:
+            raise CharlstmError(f"{path} is too large for a run.json ({path.stat().st_size} bytes)")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CharlstmError(f"{path} not found") from None
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CharlstmError(f"{path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CharlstmError(f"{path} is not a JSON object")
+    return data
+
+
+def run_dir_for(run_dir: Path, resume_from: Path | None) -> Path:
+    """The directory a run writes to: a resumed run's own directory (or its checkpoint's), else `run_dir`."""
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        if resume_from.is_dir():
+            return resume_from
+        if resume_from.name in (LATEST, BEST):
+            return resume_from.parent
+    return Path(run_dir)
+
+
+def write_run_json(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / RUN_JSON, summary)

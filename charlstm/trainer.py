@@ -1,0 +1,504 @@
+"""The training loop: set-up, a truncated-BPTT step, periodic validation, the save cadence and signals.
+
+It reports through events (`on_event(kind, data)`, see progress.py) and prints nothing itself. The decisions
+around it live below it: the budget and schedule (schedule.py), resuming (resume.py), validation
+(validation.py), the checkpoint and run directory (checkpoint.py, rundir.py) and the summaries (summary.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import checkpoint, distributed, resume, rundir, validation
+from .config import ModelConfig, TrainConfig
+from .corpus import Corpus
+from .device import autocast, autocast_dtype, check_autocast, configure_backends, pick_device, precision_name
+from .errors import CharlstmError
+from .loss import compiled_loss, window_loss_sum
+from .model import CharRNN, detach_state
+from .progress import EventSink
+from .schedule import (
+    Progress,
+    budget_fraction,
+    budget_reason,
+    budget_text,
+    extended_budget,
+    has_budget,
+    lr_at,
+    remaining_seconds,
+    replan,
+)
+from .signals import StopSignals
+from .starts import record_start_states
+from .streams import Streams, fit_batch_shape
+from .summary import TrainResult, chars_per_second, run_summary
+from .tokens import check_trainable, prepare_tokens
+from .vocab import Vocab
+
+START_STATE_CONTEXT = 128  # characters read before each record start state (see _start_states)
+
+
+class Trainer:
+    def __init__(
+        self,
+        corpus: Corpus,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        run_dir: Path | str,
+        resume_from: Path | resume.Resume | None = None,
+        explicit: set[str] = frozenset(),
+        on_event: EventSink | None = None,
+        clock_start: float | None = None,
+        signals: StopSignals | None = None,
+    ):
+        """`resume_from`: a run directory or checkpoint (or one loaded already) to continue, whose directory the
+        run then writes to; `explicit`: the config fields the user gave (on resume they replace the saved ones);
+        `on_event(kind, data)` receives progress events (see progress.py); `clock_start` is when the command
+        started (time.perf_counter()), so that --max-time counts reading the corpus too (default: now);
+        `signals` are the run's signal handlers when installed already (by `train()`, before the corpus is
+        read); without them, `train()` installs its own."""
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
+        self.session_base = 0.0  # the run's wall clock when this session's clock started
+        self.own_signals = signals is None  # installed by train() below, for the loop only
+        self.signals = signals if signals is not None else StopSignals()
+        self.emit: EventSink = on_event if on_event is not None and distributed.is_main_process() else _ignore
+        self.resume = resume.load(resume_from) if isinstance(resume_from, (str, Path)) else resume_from
+        self.run_dir = self.resume.run_dir(run_dir) if self.resume else Path(run_dir)
+        self.saved_config: TrainConfig | None = None  # the checkpoint's own training config, on resume
+        if self.resume:
+            self.saved_config = self.resume.train_config
+            model_config, train_config, notices = resume.merge_configs(
+                self.resume, model_config, train_config, explicit
+            )
+            for text in notices:
+                self._notice(text)
+
+        self.dist, self.device = distributed.setup(pick_device(train_config.device))
+
+        # data: ids in a compact dtype (memory-mapped for a large corpus), split on a record boundary; with
+        # several ranks, rank 0 encodes (and caches) first, and the others then reuse its cache
+        saved_vocab = Vocab(self.resume.payload["vocab"]) if self.resume else None
+        self.data = self.dist.in_turn(
+            lambda: prepare_tokens(corpus, train_config.val_frac, vocab=saved_vocab, cache_dir=self.run_dir)
+        )
+        for note in self.data.notes:
+            self.emit("note", {"text": note})
+        vocab, train_ids, val_ids = self.data.vocab, self.data.train, self.data.val
+        distinct = [c for c in vocab.chars if c] if saved_vocab is None else None  # a saved vocabulary says nothing
+        check_trainable(len(self.data.ids), distinct, train_config.val_frac)
+        if len(val_ids) < max(2, self.dist.world_size + 1):
+            processes = f" for {self.dist.world_size} processes" if self.dist.enabled else ""
+            raise CharlstmError(
+                f"validation split too small ({len(val_ids)} characters){processes}; add text or raise --val-frac"
+            )
+        batch, seq_len, notice = fit_batch_shape(len(train_ids), train_config.batch_size, train_config.seq_len)
+        if notice:
+            self._notice(notice)
+            train_config = replace(train_config, batch_size=batch, seq_len=seq_len)
+        self.vocab = vocab
+        self.corpus = corpus
+        configure_backends(self.device)
+        self.amp = autocast_dtype(train_config.precision, self.device)
+        check_autocast(self.device, self.amp)
+        self.train_streams = Streams(train_ids, batch, seq_len, self.device, rows=self.dist.rows(batch))
+        # the periodic check scores a fixed, seeded slice of the split; the final evaluation the whole split
+        # (or, for a huge one, a larger seeded slice): both bounded, at inference speed
+        self.periodic_slice = validation.choose_slice(len(val_ids), train_config.eval_chars, train_config.seed)
+        self.final_slice = validation.choose_slice(len(val_ids), train_config.final_eval_chars, train_config.seed + 1)
+        self.last_eval_seconds = 0.0  # how long the last periodic validation took (to fit the budget)
+
+        # model and optimiser
+        model_config = replace(model_config, vocab_size=len(vocab))
+        self.model_config, self.config = model_config, train_config
+        torch.manual_seed(train_config.seed)
+        self.model = CharRNN(model_config).to(self.device)
+        if self.dist.rank > 0:
+            torch.manual_seed(train_config.seed + self.dist.rank)  # the same weights, its own dropout masks
+        self.forward_model = self._wrap(self.model)  # what a training step calls
+        self.loss_sum = compiled_loss(self.device) if train_config.compile else window_loss_sum
+        self.optimizer = self._make_optimizer()
+        self.progress = Progress()
+        self.state = None
+        self.recent_loss: float | None = None  # smoothed, for the progress bar
+        if self.resume:
+            self.progress, self.state, notices = resume.restore(
+                self.resume, self.model, self.optimizer, self.train_streams, self.device, self.dist
+            )
+            for text in notices:
+                self._notice(text)
+            if self.dist.is_main:
+                rows = [r for r in rundir.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
+                rundir.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
+            notice = replan(self.saved_config, self.config, self.progress, self.train_streams.num_targets)
+            if notice:
+                self._notice(notice)
+
+    # ------------------------------------------------------------------------------ set-up helpers
+
+    def _notice(self, text: str) -> None:
+        self.emit("note", {"text": f"note: {text}"})
+
+    def _wrap(self, model: CharRNN) -> torch.nn.Module:
+        """DistributedDataParallel around the model when there are several ranks (`self.model` stays the bare
+        module: checkpoints and evaluation use it)."""
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or name.startswith("embed") else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=True)
+
+    # ------------------------------------------------------------------------------------ budget
+
+    def budget_fraction(self) -> float:
+        """How much of the budget is spent, 0..1: the most advanced of the budgets given."""
+        return budget_fraction(self.config, self.progress, self.train_streams.num_targets)
+
+    def _budget_reason(self) -> str | None:
+        return budget_reason(self.config, self.progress, self.train_streams.num_targets)
+
+    # ------------------------------------------------------------------------------------ saving
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything to resume; distributed, every rank must call it (it gathers hidden and RNG states)."""
+        rng = resume.rng_state(self.device)
+        if self.dist.enabled:
+            rng["ranks"] = self.dist.gather_objects(resume.rng_state(self.device))
+        return {
+            "model_config": asdict(self.model_config),
+            "train_config": asdict(self.config),
+            "vocab": self.vocab.chars,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(self.progress),
+            "hidden": self._all_rows_hidden(),
+            "rng": rng,
+            "corpus": self.corpus_summary(),
+            **({"start_states": states} if (states := self._start_states()) is not None else {}),
+        }
+
+    def _start_states(self) -> list[torch.Tensor] | None:
+        """For a record corpus: the states training has at K record boundaries (just before the end-of-record
+        marker), which sampling starts each record from (see starts.py; rank 0 only: only it writes)."""
+        eor = self.vocab.end_of_record if self.data.record_lengths is not None else None
+        if eor is None or not self.dist.is_main:
+            return None
+        # 128 characters of context: on trained models, the first-character distribution from these states
+        # matched that of 1,024-character contexts (benchmarks/record_starts.py runs), at an eighth of the cost
+        return record_start_states(
+            self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed
+        )
+
+    def _all_rows_hidden(self) -> list[torch.Tensor]:
+        """The carried state of all B stream rows, gathered from every rank, as CPU tensors."""
+        if self.state is None:  # None on every rank at once: the state resets at the same step everywhere
+            return []
+        on_device = [s.detach() for s in (self.state if isinstance(self.state, tuple) else (self.state,))]
+        return [t.cpu() for t in self.dist.gather_rows(on_device)]  # (layers, B, H) each
+
+    def save(self, best: bool = False) -> None:
+        """Every rank calls this (the payload is gathered); only rank 0 writes."""
+        if not all(torch.isfinite(t).all() for t in self.model.parameters()):  # a NaN/inf step got through
+            raise CharlstmError(
+                f"the weights became NaN or infinite by step {self.progress.step}; stopped without saving them "
+                f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
+            )
+        with self._phase("saving"):
+            self._tick()
+            payload = self.checkpoint_payload()
+            error = None
+            if self.dist.is_main:
+                try:
+                    checkpoint.save_checkpoint(payload, self.run_dir / rundir.LATEST)
+                    if best:
+                        checkpoint.copy_checkpoint(self.run_dir / rundir.LATEST, self.run_dir / rundir.BEST)
+                    rundir.write_run_json(self.run_dir, self.summary())
+                except BaseException as exc:  # a full disk, say: every rank stops, not only rank 0
+                    error = exc
+            self.dist.settle(error, "saving a checkpoint")
+
+    @contextmanager
+    def _phase(self, phase: str):
+        """A slow part of the run: the bar says so, and a signal during it is handled as the phase allows."""
+        self.emit("phase", {"phase": phase})
+        try:
+            with self.signals.phase_of(phase):
+                yield
+        finally:
+            self.emit("phase", {"phase": "training"})
+
+    def _tick(self) -> None:
+        """Advance the run's wall clock to now (this rank's clock; the loop agrees on rank 0's)."""
+        self.progress.elapsed_seconds = self.session_base + (time.perf_counter() - self.clock_start)
+
+    # --------------------------------------------------------------------------------- summaries
+
+    def corpus_summary(self) -> dict[str, Any]:
+        """Where the corpus came from, how to load it again, and its size in characters and records."""
+        config = self.corpus.config
+        return {
+            "name": self.corpus.name,
+            "sources": self.corpus.sources,
+            "config": asdict(config) if config is not None else None,
+            **self.data.summary(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """run.json's content (and the result's)."""
+        return run_summary(
+            corpus=self.corpus_summary(),
+            model_config=asdict(self.model_config),
+            train_config=asdict(self.config),
+            vocab_size=len(self.vocab),
+            params=self.model.num_params,
+            progress=self.progress,
+            validation=self.validation_summary(),
+            device=str(self.device),
+            precision=precision_name(self.amp),
+            world_size=self.dist.world_size,
+        )
+
+    def validation_summary(self) -> dict[str, Any]:
+        """Which validation figure is which: the periodic one (best_val_loss, last_val_loss, metrics.jsonl's
+        val_loss) scores a fixed slice; the final one (final_val_loss) the whole split or a larger slice."""
+        return {
+            "split_chars": len(self.data.val) - 1,
+            "periodic_chars": self.periodic_slice.chars,
+            "periodic_whole_split": self.periodic_slice.whole,
+            "final_chars": self.final_slice.chars,
+            "final_whole_split": self.final_slice.whole,
+        }
+
+    def result(self, stopped_by: str) -> TrainResult:
+        return TrainResult(
+            run_dir=self.run_dir,
+            stopped_by=stopped_by,
+            summary=self.summary(),
+            budget=budget_text(self.config),
+            extend_with=extended_budget(self.config),
+            resumed_from=str(self.resume.path) if self.resume else None,
+        )
+
+    # -------------------------------------------------------------------------------- validation
+
+    def _validate(self, chosen: validation.Slice) -> float | None:
+        """The loss over a slice of the validation split, or None when a signal cut it short."""
+        return validation.evaluate_slice(
+            self.model,
+            self.data.val,
+            chosen,
+            self.device,
+            self.amp,
+            self.dist,
+            should_abort=lambda: self.signals.received is not None,
+        )
+
+    def _evaluate_and_save(self, final: bool = False) -> None:
+        """The periodic validation, then a save (best.pt too when it improved); at the end of the budget also the
+        final evaluation. A signal during a validation leaves it pending (run first on resume) and saves."""
+        p = self.progress
+        started = time.perf_counter()
+        with self._phase("validating"):
+            val_loss = self._validate(self.periodic_slice)
+        if val_loss is None:
+            p.eval_pending = True
+            self.save()
+            return
+        self.last_eval_seconds = time.perf_counter() - started
+        p.eval_pending = False
+        p.last_val_loss = val_loss
+        improved = val_loss < p.best_val_loss
+        if improved:
+            p.best_val_loss = val_loss
+        self._tick()
+        row = {
+            "step": p.step,
+            "chars_seen": p.chars_seen,
+            "train_loss": p.loss_sum / p.loss_count if p.loss_count else None,
+            "val_loss": val_loss,
+            "val_bits_per_char": val_loss / math.log(2),
+            "val_chars": self.periodic_slice.chars,
+            "seconds": round(p.train_seconds, 3),
+            "elapsed": round(p.elapsed_seconds, 3),
+        }
+        p.loss_sum, p.loss_count = 0.0, 0
+        if final and self.periodic_slice.whole:  # the periodic slice is the whole split already
+            p.final_val_loss = val_loss
+            row.update(final_val_loss=val_loss, final_val_chars=self.final_slice.chars, final_whole=True)
+        elif final:
+            self._final_evaluation(row)
+        self.save(best=improved)
+        if self.dist.is_main:
+            rundir.append_metrics(self.run_dir, row)
+        self.emit("validation", {"row": row, "improved": improved})
+        if final and math.isfinite(p.final_val_loss):
+            self.emit("validation", {"row": row, "improved": False, "final": True})
+
+    def _final_evaluation(self, row: dict[str, Any]) -> None:
+        with self._phase("final evaluation"):
+            final = self._validate(self.final_slice)
+        if final is None:
+            self._notice("the final evaluation was cut short; the periodic validation loss stands")
+            return
+        self.progress.final_val_loss = final
+        row.update(final_val_loss=final, final_val_chars=self.final_slice.chars, final_whole=self.final_slice.whole)
+
+    # -------------------------------------------------------------------------------------- loop
+
+    def train(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+        """Run until the budget is spent, `should_stop(step)` says so, or a signal arrives (Ctrl-C and SIGTERM
+        are handled here unless `train()` installed them already)."""
+        if not self.own_signals:
+            return self._train(should_stop)
+        self.signals.on_signal = lambda name, phase: self.emit("signal", {"signal": name, "phase": phase})
+        with self.signals:
+            return self._train(should_stop)
+
+    def _train(self, should_stop: Callable[[int], bool] | None) -> TrainResult:
+        p, c = self.progress, self.config
+        self.session_base = p.elapsed_seconds
+        if self.dist.is_main:
+            rundir.prepare_run_dir(self.run_dir)
+            if self.resume is None and p.step == 0:
+                rundir.rewrite_metrics(self.run_dir, [])  # a new run: no evaluations from an earlier one
+        model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
+        world = self.dist.world_size
+        self.signals.phase = "training"
+        model.train()
+        self.emit("phase", {"phase": "training"})
+        if p.eval_pending:  # a validation cut short by a signal: it belongs to this checkpoint's step
+            self._evaluate_and_save(final=self._budget_reason() is not None)
+            if p.eval_pending:  # cut short again
+                return self.result(f"interrupt ({self.signals.received})")
+        stopped_by = self._budget_reason()
+        if stopped_by is not None and self.resume is not None:
+            if not math.isfinite(p.final_val_loss) and self.signals.received is None:
+                self._evaluate_and_save(final=True)  # the run was stopped before its final evaluation
+            return self.result("budget_spent")
+        if stopped_by is None and not has_budget(c):
+            raise CharlstmError("no training budget: give --max-steps, --epochs or --max-time")
+        # on GPU, reading the loss every step would stall the pipeline: read it every few steps
+        sync_every = 1 if self.device.type == "cpu" else 16
+        pending: list[torch.Tensor] = []
+        last_save_time = p.train_seconds
+        steps_since_save = 0
+        session_started, session_step, session_chars = time.perf_counter(), p.step, p.chars_seen
+        while stopped_by is None:
+            started = time.perf_counter()
+            lr = lr_at(c, self.budget_fraction(), p)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if p.position == 0:
+                self.state = None  # the streams wrapped around: start from a zero state
+            x, y = streams.batch_at(p.position)  # (R, T) each: this rank's rows (R = B single-process)
+            targets = streams.targets_in(p.position)  # real targets of the window, all ranks' rows
+            with autocast(self.device, self.amp):
+                logits, state = model(x, self.state)  # (R, T, V)
+            # summed over this rank's rows, divided by the real targets of the window on all ranks, times
+            # the ranks: DDP's gradient average is then the gradient of the mean over all B rows, exactly
+            loss = self.loss_sum(logits, y) * (world / targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip, foreach=True)
+            pending.append(loss.detach())
+            if len(pending) >= sync_every:
+                self._consume(pending)  # raises on a NaN/inf loss, before the step poisons the weights
+            optimizer.step()
+            self.state = detach_state(state)
+            p.chars_seen += targets
+            p.step += 1
+            p.position += 1
+            if p.position == len(streams):
+                p.position = 0
+                p.epoch += 1
+            p.train_seconds += time.perf_counter() - started
+            steps_since_save += 1
+            self._tick()
+
+            requested = should_stop is not None and should_stop(p.step)
+            # every rank takes rank 0's clock, and stops when any rank asks to or got a signal
+            p.elapsed_seconds, requested, signalled = self.dist.agree(
+                p.elapsed_seconds, requested, self.signals.received is not None
+            )
+            self.session_base = p.elapsed_seconds - (time.perf_counter() - self.clock_start)
+            stopped_by = self._budget_reason()
+            if stopped_by is None and requested:
+                stopped_by = "stop_request"
+            if stopped_by is None and signalled:
+                stopped_by = "interrupt"
+            remaining = remaining_seconds(
+                c, p, streams.num_targets, time.perf_counter() - session_started, p.step - session_step,
+                p.chars_seen - session_chars,
+            )  # fmt: skip
+            if stopped_by in ("max_steps", "max_time", "epochs"):
+                self._consume(pending)
+                self._evaluate_and_save(final=True)
+                last_save_time, steps_since_save = p.train_seconds, 0
+            elif stopped_by is None and p.step % c.eval_every == 0:
+                self._consume(pending)
+                # a validation that would end past a time budget is left to the final one, which comes anyway
+                # (single-process only: each rank times its own validations, and ranks must decide alike)
+                if not (world == 1 and c.max_time and remaining is not None and remaining < self.last_eval_seconds):
+                    self._evaluate_and_save()
+                    last_save_time, steps_since_save = p.train_seconds, 0
+            elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
+                self._consume(pending)
+                self.save()
+                last_save_time, steps_since_save = p.train_seconds, 0
+            # a signal during a validation (every rank cut it short together and saved) or, single-process,
+            # during a save or the bookkeeping after the step: stop here (saved unless already)
+            if stopped_by is None and (p.eval_pending or (world == 1 and self.signals.received is not None)):
+                stopped_by = "interrupt"
+                if not p.eval_pending and steps_since_save:
+                    self._consume(pending)
+                    self.save()
+            self.emit("step", {
+                "step": p.step, "fraction": self.budget_fraction(), "loss": self.recent_loss,
+                "chars_per_second": chars_per_second(p.chars_seen, p.train_seconds), "lr": lr,
+                "elapsed": p.elapsed_seconds, "remaining": remaining, "last": stopped_by is not None,
+            })  # fmt: skip
+        if stopped_by == "interrupt":
+            stopped_by = f"interrupt ({self.signals.received or 'signal to another rank'})"
+        return self.result(stopped_by)
+
+    def _consume(self, pending: list[torch.Tensor]) -> None:
+        """Read the pending losses off the device into the running mean; a NaN/inf stops the run unsaved."""
+        if not pending:
+            return
+        world = self.dist.world_size
+        values = (self.dist.sum_(torch.stack(pending)) / world).tolist()  # each rank's share -> the mean loss
+        pending.clear()
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise CharlstmError(
+                f"loss became {bad[0]} at step {self.progress.step + 1}; stopped without saving the poisoned "
+                f"weights (the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
+            )
+        self.progress.loss_sum += sum(values)
+        self.progress.loss_count += len(values)
+        self.recent_loss = values[-1] if self.recent_loss is None else 0.9 * self.recent_loss + 0.1 * values[-1]
+
+    def _save_due(self, steps: int, seconds: float) -> bool:
+        c = self.config
+        return bool((c.save_every and steps >= c.save_every) or (c.save_every_seconds and seconds >= c.save_every_seconds))
+
+
+def _ignore(kind: str, data: dict[str, Any]) -> None:
+    """The event sink of a trainer nobody watches (and of every rank but 0: rank 0 speaks for all)."""
