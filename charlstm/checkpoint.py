@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import safeload
+from . import payload_checks, safepickle, safezip
 from .errors import CharlstmError
 
 FORMAT = "charlstm"
@@ -151,7 +151,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint that may come from anyone: no code runs, and memory and time are bounded by the file's
-    size (see safeload.py). The archive and every tensor are checked (stored entries, dense tensors that own
+    size (see safepickle.py). The archive and every tensor are checked (stored entries, dense tensors that own
     their bytes, bounded structure) and the format and version read, before any tensor's bytes are."""
     return _load(Path(path), map_location, model=False)
 
@@ -181,7 +181,7 @@ def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str
                         f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})"
                     )
                 raise CharlstmError(corrupt)
-            scanned = safeload.scan(handle)
+            scanned = safepickle.scan(handle)
             payload = scanned.payload
             if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise CharlstmError(f"{path} is not a charlstm checkpoint")
@@ -197,21 +197,21 @@ def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str
                 raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
             if model:
                 try:
-                    safeload.check_model_payload(scanned)
+                    payload_checks.check_model_payload(scanned)
                 except CharlstmError as exc:
                     raise CharlstmError(f"{unusable}: {exc}") from None
             payload = scanned.materialize(map_location)
             if model:
                 try:
-                    safeload.check_finite(payload)
+                    payload_checks.check_finite(payload)
                 except CharlstmError as exc:
                     raise CharlstmError(f"{unusable}: {exc}") from None
             return payload
-        except safeload.ForbiddenGlobal as exc:
+        except safepickle.ForbiddenGlobal as exc:
             raise CharlstmError(
                 f"refusing to load {path}: {exc} (a checkpoint may hold only tensors and plain data)"
             ) from None
-        except safeload.CorruptCheckpoint as exc:
+        except safezip.CorruptCheckpoint as exc:
             raise CharlstmError(f"{corrupt}: {exc}") from None
         except OSError as exc:
             raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
