@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import payload_checks, safepickle, safezip
+from . import payload_checks, safepickle, safescan, safezip
 from .errors import CharlstmError
 
 FORMAT = "charlstm"
@@ -151,7 +151,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint that may come from anyone: no code runs, and memory and time are bounded by the file's
-    size (see safepickle.py). The archive and every tensor are checked (stored entries, dense tensors that own
+    size (see safescan.py). The archive and every tensor are checked (stored entries, dense tensors that own
     their bytes, bounded structure) and the format and version read, before any tensor's bytes are."""
     return _load(Path(path), map_location, model=False)
 
@@ -181,7 +181,7 @@ def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str
                         f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})"
                     )
                 raise CharlstmError(corrupt)
-            scanned = safepickle.scan(handle)
+            scanned = safescan.scan(handle)
             payload = scanned.payload
             if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise CharlstmError(f"{path} is not a charlstm checkpoint")

@@ -1,4 +1,4 @@
-"""What a charlstm model checkpoint's payload must hold, checked on the structure `safepickle.scan` built (tensors
+"""What a charlstm model checkpoint's payload must hold, checked on the structure `safescan.scan` built (tensors
 as TensorSpec, none of their bytes read yet), so that a file that would fail later is refused before anything big
 is allocated, and every command (sample, info, train --resume) can trust what it rebuilds, samples or resumes:
 
@@ -24,7 +24,8 @@ import torch
 
 from .config import CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
 from .errors import CharlstmError
-from .safepickle import MAX_INT, SCALARS, Scanned, TensorSpec
+from .safepickle import MAX_INT, TensorSpec
+from .safescan import SCALARS, Scanned
 
 # what a charlstm model may be: far beyond any real one, small enough that every size is a plain int64
 MAX_LAYERS = 256

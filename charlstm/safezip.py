@@ -8,7 +8,7 @@ directory, whose size and entry count are bounded (MAX_DIRECTORY_BYTES, MAX_ENTR
 each record's bytes lie in the one open file (a checkpoint replaced while it is read cannot mix two files); the
 bytes are read later, by the caller, and checked against their CRC here (`check_crc`, `read_into`).
 
-This module knows nothing of pickles or tensors: safepickle.py reads what the records hold.
+This module knows nothing of pickles or tensors: safepickle.py and safescan.py read what the records hold.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MAX_DIRECTORY_BYTES = 8 << 20  # the zip's central directory (Python's zipfile h
 class CorruptCheckpoint(CharlstmError):
     """The file is damaged or not laid out like a checkpoint (the caller names the file).
 
-    Defined here, the lowest layer of the reader, so that safepickle.py raises the same type."""
+    Defined here, the lowest layer of the reader, so that safepickle.py and safescan.py raise it."""
 
 
 @dataclass
