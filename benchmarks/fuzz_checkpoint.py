@@ -408,7 +408,7 @@ def m_expand(rng, seed, out, marker):
         hidden = int(how.rsplit("-", 1)[1])
         p["model_config"]["hidden"] = hidden
         config = ModelConfig(**p["model_config"])
-        from charlstm.safeload import expected_weights
+        from charlstm.payload_checks import expected_weights
 
         p["model"] = {k: _expanded(s) for k, s in expected_weights(config).items()}
         p.pop("optimizer", None)
@@ -1340,7 +1340,7 @@ class Fixed(random.Random):
 
 def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
     """Named hostile checkpoints, made from the LSTM seed: the memory bombs this work is about."""
-    from charlstm.safeload import expected_weights
+    from charlstm.payload_checks import expected_weights
 
     lstm = next(s for s in seeds if s.name == "lstm")
     files: dict[str, Path] = {}

@@ -1,5 +1,6 @@
 """The checkpoint format: what a save writes (one torch.save archive of plain data and tensors) and the one
-safe way to read it back (no code from the file ever runs; see safeload.py)."""
+safe way to read it back: no code from the file ever runs (safezip.py, safepickle.py, safescan.py) and every
+entry a model needs is checked before it is used (payload_checks.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import safeload
+from . import payload_checks, safepickle, safescan, safezip
 from .atomic import atomic_write
 from .errors import CharlstmError
 from .textio import looks_binary
@@ -57,7 +58,7 @@ def copy_checkpoint(source: Path, dest: Path) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint that may come from anyone: no code runs, and memory and time are bounded by the file's
-    size (see safeload.py). The archive and every tensor are checked (stored entries, dense tensors that own
+    size (see safescan.py). The archive and every tensor are checked (stored entries, dense tensors that own
     their bytes, bounded structure) and the format and version read, before any tensor's bytes are."""
     return _load(Path(path), map_location, model=False)
 
@@ -87,7 +88,7 @@ def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str
                         f"{path} is a text file, not a checkpoint (to train on it: charlstm train {path})"
                     )
                 raise CharlstmError(corrupt)
-            scanned = safeload.scan(handle)
+            scanned = safescan.scan(handle)
             payload = scanned.payload
             if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise CharlstmError(f"{path} is not a charlstm checkpoint")
@@ -103,21 +104,21 @@ def _load(path: Path, map_location: str | torch.device, model: bool) -> dict[str
                 raise CharlstmError(f"{path} is an incomplete charlstm checkpoint (missing {', '.join(missing)})")
             if model:
                 try:
-                    safeload.check_model_payload(scanned)
+                    payload_checks.check_model_payload(scanned)
                 except CharlstmError as exc:
                     raise CharlstmError(f"{unusable}: {exc}") from None
             payload = scanned.materialize(map_location)
             if model:
                 try:
-                    safeload.check_finite(payload)
+                    payload_checks.check_finite(payload)
                 except CharlstmError as exc:
                     raise CharlstmError(f"{unusable}: {exc}") from None
             return payload
-        except safeload.ForbiddenGlobal as exc:
+        except safepickle.ForbiddenGlobal as exc:
             raise CharlstmError(
                 f"refusing to load {path}: {exc} (a checkpoint may hold only tensors and plain data)"
             ) from None
-        except safeload.CorruptCheckpoint as exc:
+        except safezip.CorruptCheckpoint as exc:
             raise CharlstmError(f"{corrupt}: {exc}") from None
         except OSError as exc:
             raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -17,9 +17,7 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
-
-from charlstm import rundir
-from charlstm import safeload
+from charlstm import payload_checks, rundir
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
@@ -71,7 +69,7 @@ def expanded_bomb(seed: fuzz.Seed, hidden: int) -> dict:
     """The checkpoint of a model with `hidden` units whose every weight is a stride-0 view of one zero."""
     payload = {k: v for k, v in seed.payload.items() if k not in ("optimizer", "hidden", "start_states")}
     payload["model_config"] = {**payload["model_config"], "hidden": hidden}
-    shapes = safeload.expected_weights(ModelConfig(**payload["model_config"]))
+    shapes = payload_checks.expected_weights(ModelConfig(**payload["model_config"]))
     payload["model"] = {name: torch.zeros(1).expand(shape) for name, shape in shapes.items()}
     return payload
 
@@ -270,7 +268,7 @@ def test_reader_reads_what_torch_load_reads(seeds):
 def test_expected_weights_match_the_model(cell, layers):
     config = ModelConfig(vocab_size=11, cell=cell, layers=layers, hidden=6, embed=5)
     model = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
-    assert list(safeload.expected_weights(config).items()) == list(model.items())
+    assert list(payload_checks.expected_weights(config).items()) == list(model.items())
 
 
 def test_save_writes_views_as_tensors_that_own_their_bytes(tmp_path):
