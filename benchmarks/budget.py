@@ -65,8 +65,19 @@ def main() -> None:
             continue
         for budget in args.budgets:
             out = args.scratch / f"run-{name}-{budget:g}"
-            command = [sys.executable, "-m", "charlstm", "train", *corpus, "--max-time", f"{budget:g}s", "--out",
-                       str(out), "--overwrite", "-q"]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "charlstm",
+                "train",
+                *corpus,
+                "--max-time",
+                f"{budget:g}s",
+                "--out",
+                str(out),
+                "--overwrite",
+                "-q",
+            ]
             print("$", " ".join(command), flush=True)
             started = time.perf_counter()
             try:
@@ -85,13 +96,17 @@ def main() -> None:
             rows.append(row)
             print(f"  -> {wall:.1f} s wall for a {budget:g} s budget ({wall / budget:.2f}x), exit {code}", flush=True)
     print(f"\ncharlstm at {root}")
-    print(f"{'corpus':<12} {'budget s':>8} {'wall s':>8} {'wall/budget':>11} {'exit':>7} {'steps':>7} {'evals':>5} "
-          f"{'final val':>9}")  # fmt: skip
+    print(
+        f"{'corpus':<12} {'budget s':>8} {'wall s':>8} {'wall/budget':>11} {'exit':>7} {'steps':>7} {'evals':>5} "
+        f"{'final val':>9}"
+    )
     for name, budget, wall, code, steps, evals, final in rows:
         ratio = f"{wall / budget:.2f}x" if code == 0 else f">{wall / budget:.2f}x"
         final_text = f"{final:.4f}" if isinstance(final, float) else "-"
-        print(f"{name:<12} {budget:>8g} {wall:>8.1f} {ratio:>11} {code!s:>7} {steps or '-'!s:>7} {evals:>5} "
-              f"{final_text:>9}")  # fmt: skip
+        print(
+            f"{name:<12} {budget:>8g} {wall:>8.1f} {ratio:>11} {code!s:>7} {steps or '-'!s:>7} {evals:>5} "
+            f"{final_text:>9}"
+        )
 
 
 if __name__ == "__main__":

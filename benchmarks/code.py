@@ -21,11 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.config import SampleConfig  # noqa: E402
-from charlstm.corpus import default_corpus# noqa: E402
-from charlstm.textio import read_text_file# noqa: E402
-from charlstm.sample import load_model, sample_text# noqa: E402
 from common import record_parser, train_for  # noqa: E402
+
+from charlstm.config import SampleConfig  # noqa: E402
+from charlstm.corpus import default_corpus  # noqa: E402
+from charlstm.sample import load_model, sample_text  # noqa: E402
+from charlstm.textio import read_text_file  # noqa: E402
 
 
 def parses(source: str) -> bool:
@@ -51,27 +52,41 @@ def main() -> None:
     corpus = default_corpus()
     files = [read_text_file(p) for p in corpus.files]
     files = [f for f in files if f]
-    val_files = files[-max(1, round(len(files) * run["train_config"]["val_frac"])) :]  # about: the split is on a file boundary
+    val_files = files[
+        -max(1, round(len(files) * run["train_config"]["val_frac"])) :
+    ]  # about: the split is on a file boundary
     rng = random.Random(0)
     shuffled = ["".join(rng.sample(f, len(f))) for f in val_files]
 
     loaded = load_model(args.out)
-    samples = sample_text(loaded, SampleConfig(length=args.max_length, temperature=args.temp, num_samples=args.samples, seed=0))
+    samples = sample_text(
+        loaded, SampleConfig(length=args.max_length, temperature=args.temp, num_samples=args.samples, seed=0)
+    )
     ended = [len(s) < args.max_length for s in samples]
     parsed = [bool(s.strip()) and parses(s) for s in samples]  # an empty file parses; it is not counted
     lengths = [len(s) for s in samples]
 
     print()
-    print(f"| figure | charlstm, {args.time:g} s on CPU, {args.samples} sampled files at temperature {args.temp:g} | reference, same run |")
+    print(
+        f"| figure | charlstm, {args.time:g} s on CPU, {args.samples} sampled files at temperature {args.temp:g} | reference, same run |"
+    )
     print("| --- | --- | --- |")
     print(f"| val loss, nats/char | {run['best_val_loss']:.4f} ({run['best_val_bits_per_char']:.3f} bits/char) | |")
     print(f"| files (records) in the corpus | | {run['records']:,}; lengths {run['record_lengths']} |")
-    print(f"| parse with ast.parse | {share(parsed)} | real validation files: {share([parses(f) for f in val_files])} |")
-    print(f"| parse, samples that ended by themselves | {share([p for p, e in zip(parsed, ended) if e])} | real files cut at {args.max_length} chars: {share([parses(f[: args.max_length]) for f in val_files])} |")
-    print(f"| samples that end by themselves (< {args.max_length} chars) | {share(ended)} | real files under {args.max_length} chars: {share([len(f) < args.max_length for f in val_files])} |")
+    print(
+        f"| parse with ast.parse | {share(parsed)} | real validation files: {share([parses(f) for f in val_files])} |"
+    )
+    print(
+        f"| parse, samples that ended by themselves | {share([p for p, e in zip(parsed, ended) if e])} | real files cut at {args.max_length} chars: {share([parses(f[: args.max_length]) for f in val_files])} |"
+    )
+    print(
+        f"| samples that end by themselves (< {args.max_length} chars) | {share(ended)} | real files under {args.max_length} chars: {share([len(f) < args.max_length for f in val_files])} |"
+    )
     print(f"| shuffled-character baseline parses | | {share([parses(f) for f in shuffled])} |")
     print(f"| blank samples (counted as not parsing) | {sum(not s.strip() for s in samples)} | |")
-    print(f"| sample length median | {np.median(lengths):.0f} | real files: {np.median([len(f) for f in val_files]):.0f} |")
+    print(
+        f"| sample length median | {np.median(lengths):.0f} | real files: {np.median([len(f) for f in val_files]):.0f} |"
+    )
     print(f"| steps, training chars/s | {run['step']:,}, {run['chars_per_second']:,.0f} | |")
     best = sorted((s for s, p in zip(samples, parsed) if p and s.strip()), key=len)[-1:]
     if best:

@@ -16,14 +16,28 @@ SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
 
 def train_for(seconds: float, out: Path, corpus_args: list[str], extra: list[str] = ()) -> dict:
     """`charlstm train CORPUS_ARGS --max-time SECONDS --out OUT --overwrite -q EXTRA`; returns its run.json."""
-    command = [sys.executable, "-m", "charlstm", "train", *corpus_args, "--max-time", f"{seconds}s",
-               "--out", str(out), "--overwrite", "-q", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "charlstm",
+        "train",
+        *corpus_args,
+        "--max-time",
+        f"{seconds}s",
+        "--out",
+        str(out),
+        "--overwrite",
+        "-q",
+        *extra,
+    ]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads((Path(out) / "run.json").read_text())
 
 
-def record_parser(doc: str, name: str, samples: int, temp: float, max_length: int, cap_help: str) -> argparse.ArgumentParser:
+def record_parser(
+    doc: str, name: str, samples: int, temp: float, max_length: int, cap_help: str
+) -> argparse.ArgumentParser:
     """Flags of a benchmark that trains on records and samples whole ones."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--time", type=float, default=240.0, help="training seconds")
@@ -31,6 +45,10 @@ def record_parser(doc: str, name: str, samples: int, temp: float, max_length: in
     parser.add_argument("--temp", type=float, default=temp)
     parser.add_argument("--max-length", type=int, default=max_length, help=cap_help)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / name)
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=SMALL_MODEL,
-                        help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)})")  # fmt: skip
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=SMALL_MODEL,
+        help=f"`charlstm train` flags for the model (default: {' '.join(SMALL_MODEL)})",
+    )
     return parser

@@ -45,9 +45,10 @@ import traceback
 import warnings
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.corpus import Corpus# noqa: E402
+from charlstm.corpus import Corpus  # noqa: E402
 
 OUTCOMES = ("loaded", "refused", "BAD")
 MARKER_NAME = "pwned"
@@ -123,7 +124,7 @@ def make_seeds(work: Path) -> list[Seed]:
         for name, model in SEED_MODELS.items():
             run = work / f"seed-{name}"
             shutil.rmtree(run, ignore_errors=True)
-            train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run)  # fmt: skip
+            train(seed_corpus(name), model, TrainConfig(batch_size=4, seq_len=8, max_steps=3, eval_every=3), run)
             paths[name] = run / "latest.pt"
     finally:
         torch.set_num_threads(threads)
@@ -133,7 +134,7 @@ def make_seeds(work: Path) -> list[Seed]:
         "rnn-starts": ("rnn", lambda p: p.__setitem__("start_states", _start_states(p, 5))),
         "lstm-starts": ("lstm", lambda p: p.__setitem__("start_states", _start_states(p, 3))),
         "gru-ranks": ("gru", lambda p: p["rng"].__setitem__("ranks", _rank_states(2))),
-    }  # fmt: skip
+    }
     for name, (base, edit) in variants.items():
         payload = torch.load(paths[base], weights_only=True)
         edit(payload)
@@ -171,8 +172,14 @@ def entries_of(raw: bytes) -> list[tuple[str, bytes]]:
         return [(info.filename, archive.read(info)) for info in archive.infolist()]
 
 
-def write_zip(path: Path, entries: list[tuple[str, bytes]], compress: Callable[[str], bool] = lambda n: False,
-              prefix: bytes = b"", suffix: bytes = b"", comment: bytes = b"") -> None:  # fmt: skip
+def write_zip(
+    path: Path,
+    entries: list[tuple[str, bytes]],
+    compress: Callable[[str], bool] = lambda n: False,
+    prefix: bytes = b"",
+    suffix: bytes = b"",
+    comment: bytes = b"",
+) -> None:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate names are a case
@@ -194,7 +201,7 @@ def pickle_of(entries: list[tuple[str, bytes]]) -> tuple[int, bytes]:
 
 def with_pickle(entries: list[tuple[str, bytes]], data: bytes) -> list[tuple[str, bytes]]:
     index, _ = pickle_of(entries)
-    return entries[:index] + [(entries[index][0], data)] + entries[index + 1 :]
+    return [*entries[:index], (entries[index][0], data), *entries[index + 1 :]]
 
 
 def opcodes(data: bytes) -> list[tuple[str, Any, int, int]]:
@@ -236,8 +243,35 @@ def mutation(kind: str):
     return register
 
 
-ODD_NUMBERS = [0, -1, 1, 2, 3, 7, 255, 256, 60000, 10**6, 2**31, 2**63 - 1, 2**63, 2**64, 10**100, -(10**100),
-               1.5, float("nan"), float("inf"), -0.0, True, False, None, "16", "", [16], {"x": 1}]  # fmt: skip
+ODD_NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    7,
+    255,
+    256,
+    60000,
+    10**6,
+    2**31,
+    2**63 - 1,
+    2**63,
+    2**64,
+    10**100,
+    -(10**100),
+    1.5,
+    float("nan"),
+    float("inf"),
+    -0.0,
+    True,
+    False,
+    None,
+    "16",
+    "",
+    [16],
+    {"x": 1},
+]
 
 
 def odd_value(rng: random.Random) -> Any:
@@ -257,8 +291,23 @@ def m_config(rng, seed, out, marker):
 @mutation("train-config")
 def m_train_config(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
-    key = rng.choice(["batch_size", "seq_len", "lr", "seed", "max_steps", "eval_every", "val_frac", "epochs",
-                      "max_time", "device", "precision", "compile", "extra"])  # fmt: skip
+    key = rng.choice(
+        [
+            "batch_size",
+            "seq_len",
+            "lr",
+            "seed",
+            "max_steps",
+            "eval_every",
+            "val_frac",
+            "epochs",
+            "max_time",
+            "device",
+            "precision",
+            "compile",
+            "extra",
+        ]
+    )
     if rng.random() < 0.1:
         p["train_config"] = odd_value(rng)
         save(p, out)
@@ -325,10 +374,15 @@ def m_extra(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
     how = rng.choice(["scalar", "dict", "tensor", "big-tensor", "nested", "string", "tensor-in-list", "expanded"])
     value: Any = {
-        "scalar": 3, "dict": {"a": [1, 2, {"b": None}]}, "tensor": torch.ones(3),
-        "big-tensor": torch.ones(1 << 18), "nested": [[[[[[1]]]]]], "string": "x" * 100_000,
-        "tensor-in-list": [torch.zeros(2, 2), torch.zeros(3)], "expanded": torch.zeros(1).expand(100_000, 1000),
-    }[how]  # fmt: skip
+        "scalar": 3,
+        "dict": {"a": [1, 2, {"b": None}]},
+        "tensor": torch.ones(3),
+        "big-tensor": torch.ones(1 << 18),
+        "nested": [[[[[[1]]]]]],
+        "string": "x" * 100_000,
+        "tensor-in-list": [torch.zeros(2, 2), torch.zeros(3)],
+        "expanded": torch.zeros(1).expand(100_000, 1000),
+    }[how]
     target = p if rng.random() < 0.7 else p[rng.choice(["model_config", "progress", "corpus", "rng"])]
     target["extra_" + how] = value
     save(p, out)
@@ -345,8 +399,14 @@ def m_shape(rng, seed, out, marker):
     name = _random_weight(rng, p)
     shape = tuple(p["model"][name].shape)
     how = rng.choice(["plus-row", "flip", "3d", "scalar", "empty", "flat"])
-    new = {"plus-row": (shape[0] + 1,) + shape[1:], "flip": shape[::-1], "3d": (1,) + shape, "scalar": (),
-           "empty": (0,) + shape[1:], "flat": (math.prod(shape),)}[how]  # fmt: skip
+    new = {
+        "plus-row": (shape[0] + 1, *shape[1:]),
+        "flip": shape[::-1],
+        "3d": (1, *shape),
+        "scalar": (),
+        "empty": (0, *shape[1:]),
+        "flat": (math.prod(shape),),
+    }[how]
     p["model"][name] = torch.zeros(new)
     save(p, out)
     return Case("weight-shape", how, must_refuse=new != shape)
@@ -355,8 +415,19 @@ def m_shape(rng, seed, out, marker):
 @mutation("dtype")
 def m_dtype(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
-    dtype = rng.choice([torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool,
-                        torch.int32, torch.complex64, torch.int8])  # fmt: skip
+    dtype = rng.choice(
+        [
+            torch.float64,
+            torch.float16,
+            torch.bfloat16,
+            torch.int64,
+            torch.uint8,
+            torch.bool,
+            torch.int32,
+            torch.complex64,
+            torch.int8,
+        ]
+    )
     where = rng.choice(["model", "model", "hidden", "rng", "optimizer", "start_states"])
     if where == "model":
         name = _random_weight(rng, p)
@@ -513,9 +584,24 @@ def m_optimizer(rng, seed, out, marker):
         save(p, out)
         return Case("optimizer", "added-bad")
     opt = p["optimizer"]
-    how = rng.choice(["swap-states", "wrong-shape", "step-vector", "params-dup", "params-missing", "betas-str",
-                      "lr-huge", "state-str-key", "state-not-dict", "groups-empty", "extra-group-key",
-                      "moment-is-list", "step-int", "drop-state"])  # fmt: skip
+    how = rng.choice(
+        [
+            "swap-states",
+            "wrong-shape",
+            "step-vector",
+            "params-dup",
+            "params-missing",
+            "betas-str",
+            "lr-huge",
+            "state-str-key",
+            "state-not-dict",
+            "groups-empty",
+            "extra-group-key",
+            "moment-is-list",
+            "step-int",
+            "drop-state",
+        ]
+    )
     state, groups = opt["state"], opt["param_groups"]
     must = True
     if how == "swap-states":
@@ -572,7 +658,7 @@ def m_hidden(rng, seed, out, marker):
         "empty": [],
         "huge-batch": [torch.zeros(layers, 20_000, hidden) for _ in range(count)],
         "bf16": [torch.zeros(layers, 4, hidden, dtype=torch.bfloat16) for _ in range(count)],
-    }[how]  # fmt: skip
+    }[how]
     p["hidden"] = value
     save(p, out)
     return Case("hidden", how, must_refuse=must)
@@ -611,8 +697,23 @@ def m_start_states(rng, seed, out, marker):
     config = p["model_config"]
     count = 2 if config["cell"] == "lstm" else 1
     layers, hidden = config["layers"], config["hidden"]
-    how = rng.choice(["good-1", "good-1024", "good-random", "k-0", "k-1025", "wrong-hidden", "wrong-count",
-                      "float64", "not-list", "2d", "nan", "none", "absent"])  # fmt: skip
+    how = rng.choice(
+        [
+            "good-1",
+            "good-1024",
+            "good-random",
+            "k-0",
+            "k-1025",
+            "wrong-hidden",
+            "wrong-count",
+            "float64",
+            "not-list",
+            "2d",
+            "nan",
+            "none",
+            "absent",
+        ]
+    )
     good = how.startswith("good") or how in ("none", "absent")
     k = {"good-1": 1, "good-1024": 1024, "k-0": 0, "k-1025": 1025}.get(how, rng.randint(1, 40))
     states = [torch.randn(layers, k, hidden).tanh() for _ in range(count)]
@@ -669,8 +770,24 @@ def _dag(levels: int) -> list:
 @mutation("corpus")
 def m_corpus(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
-    how = rng.choice(["dag-60", "dag-20", "deep-100", "cycle", "sources-not-list", "tensor-inside", "big-string",
-                      "huge-int", "config-bad", "records-str", "set", "none", "absent", "tuple"])  # fmt: skip
+    how = rng.choice(
+        [
+            "dag-60",
+            "dag-20",
+            "deep-100",
+            "cycle",
+            "sources-not-list",
+            "tensor-inside",
+            "big-string",
+            "huge-int",
+            "config-bad",
+            "records-str",
+            "set",
+            "none",
+            "absent",
+            "tuple",
+        ]
+    )
     must = how in ("dag-60", "deep-100", "cycle", "tensor-inside", "big-string", "huge-int")
     corpus = p.get("corpus") or {}
     if how.startswith("dag"):
@@ -713,8 +830,22 @@ def m_corpus(rng, seed, out, marker):
 @mutation("structure")
 def m_structure(rng, seed, out, marker):
     p = copy.deepcopy(seed.payload)
-    how = rng.choice(["list", "none", "model-list", "model-tensor", "format", "version-0", "version-2", "version-huge",
-                      "version-str", "version-bool", "config-list", "weights-in-ordereddict"])  # fmt: skip
+    how = rng.choice(
+        [
+            "list",
+            "none",
+            "model-list",
+            "model-tensor",
+            "format",
+            "version-0",
+            "version-2",
+            "version-huge",
+            "version-str",
+            "version-bool",
+            "config-list",
+            "weights-in-ordereddict",
+        ]
+    )
     value: Any = p
     if how == "list":
         value = [p]
@@ -727,8 +858,13 @@ def m_structure(rng, seed, out, marker):
     elif how == "format":
         p["format"] = "charlstm2"
     elif how.startswith("version"):
-        p["version"] = {"version-0": 0, "version-2": 2, "version-huge": 10**100, "version-str": "1",
-                        "version-bool": True}[how]  # fmt: skip
+        p["version"] = {
+            "version-0": 0,
+            "version-2": 2,
+            "version-huge": 10**100,
+            "version-str": "1",
+            "version-bool": True,
+        }[how]
     elif how == "config-list":
         p["model_config"] = list(p["model_config"].items())
     else:
@@ -840,12 +976,28 @@ def m_pickle_edit(rng, seed, out, marker):
         replacement = pstr(rng.choice(["0", "999", "../../etc/passwd", "cuda:7", "x" * 300, "data.pkl", ""]))
     elif how == "dtype":
         target = storage_ops[1]
-        replacement = pglobal("torch", rng.choice(["DoubleStorage", "HalfStorage", "ByteStorage", "LongStorage",
-                                                   "BoolStorage", "ComplexFloatStorage", "QInt8Storage",
-                                                   "UntypedStorage", "Storage"]))  # fmt: skip
+        replacement = pglobal(
+            "torch",
+            rng.choice(
+                [
+                    "DoubleStorage",
+                    "HalfStorage",
+                    "ByteStorage",
+                    "LongStorage",
+                    "BoolStorage",
+                    "ComplexFloatStorage",
+                    "QInt8Storage",
+                    "UntypedStorage",
+                    "Storage",
+                ]
+            ),
+        )
     else:
-        target = {"offset": tensor_ints[0], "size": tensor_ints[min(1, len(tensor_ints) - 1)],
-                  "stride": tensor_ints[-1]}[how]  # fmt: skip
+        target = {
+            "offset": tensor_ints[0],
+            "size": tensor_ints[min(1, len(tensor_ints) - 1)],
+            "stride": tensor_ints[-1],
+        }[how]
         value = rng.choice([0, 1, 2, 7, 10**6, 2**40, 10**30, -1])
         replacement = pint(value)
         must = how == "offset" and value != 0
@@ -857,9 +1009,23 @@ def m_pickle_edit(rng, seed, out, marker):
 @mutation("zip-structure")
 def m_zip(rng, seed, out, marker):
     entries = entries_of(seed.raw)
-    how = rng.choice(["deflate-all", "deflate-data", "deflate-pickle", "zip-bomb", "dup-pickle", "extra-entry",
-                      "prepended", "appended", "comment", "other-folder", "renamed-folder", "encrypted-flag",
-                      "rezipped"])  # fmt: skip
+    how = rng.choice(
+        [
+            "deflate-all",
+            "deflate-data",
+            "deflate-pickle",
+            "zip-bomb",
+            "dup-pickle",
+            "extra-entry",
+            "prepended",
+            "appended",
+            "comment",
+            "other-folder",
+            "renamed-folder",
+            "encrypted-flag",
+            "rezipped",
+        ]
+    )
     must = how not in ("extra-entry", "renamed-folder", "rezipped")
     if how == "deflate-all":
         write_zip(out, entries, compress=lambda n: True)
@@ -870,19 +1036,42 @@ def m_zip(rng, seed, out, marker):
     elif how == "zip-bomb":  # 200 MB of zeros declared as a storage, deflated to ~200 KB
         prefix = entries[0][0].split("/")[0]
         numel = 50_000_000
-        pkl = (b"\x80\x02}(" + pstr("w") + pglobal("torch._utils", "_rebuild_tensor_v2") + b"((" + pstr("storage")
-               + pglobal("torch", "FloatStorage") + pstr("0") + pstr("cpu") + pint(numel) + b"tQ" + pint(0)
-               + b"(" + pint(numel) + b"t(" + pint(1) + b"t\x89" + pglobal("collections", "OrderedDict")
-               + b")RtRu.")  # fmt: skip
-        write_zip(out, [(f"{prefix}/data.pkl", pkl), (f"{prefix}/byteorder", b"little"),
-                        (f"{prefix}/data/0", bytes(numel * 4)), (f"{prefix}/version", b"3\n")],
-                  compress=lambda n: True)  # fmt: skip
+        pkl = (
+            b"\x80\x02}("
+            + pstr("w")
+            + pglobal("torch._utils", "_rebuild_tensor_v2")
+            + b"(("
+            + pstr("storage")
+            + pglobal("torch", "FloatStorage")
+            + pstr("0")
+            + pstr("cpu")
+            + pint(numel)
+            + b"tQ"
+            + pint(0)
+            + b"("
+            + pint(numel)
+            + b"t("
+            + pint(1)
+            + b"t\x89"
+            + pglobal("collections", "OrderedDict")
+            + b")RtRu."
+        )
+        write_zip(
+            out,
+            [
+                (f"{prefix}/data.pkl", pkl),
+                (f"{prefix}/byteorder", b"little"),
+                (f"{prefix}/data/0", bytes(numel * 4)),
+                (f"{prefix}/version", b"3\n"),
+            ],
+            compress=lambda n: True,
+        )
     elif how == "dup-pickle":
         index, data = pickle_of(entries)
         evil = inject(data, "x", pglobal("posix", "system") + b"(" + pstr(f"touch {marker}") + b"tR")
-        write_zip(out, entries + [(entries[index][0], evil)])
+        write_zip(out, [*entries, (entries[index][0], evil)])
     elif how == "extra-entry":
-        write_zip(out, entries + [(entries[0][0].split("/")[0] + "/notes.txt", b"hello" * 100)])
+        write_zip(out, [*entries, (entries[0][0].split("/")[0] + "/notes.txt", b"hello" * 100)])
     elif how == "prepended":
         write_zip(out, entries, prefix=os.urandom(rng.choice([1, 100, 4096])))
     elif how == "appended":
@@ -919,16 +1108,32 @@ class _Evil:
 @mutation("code-global")
 def m_code(rng, seed, out, marker):
     """Pickles asking to import and call code: each would create the marker file if it ran."""
-    how = rng.choice(["torch.save-os.system", "torch.save-open", "torch.save-exec", "torch.save-subprocess",
-                      "posix.system", "builtins.open", "builtins.eval", "nt.system", "__builtin__.open",
-                      "shutil.copy", "in-corpus", "torch.load", "getattr-chain"])  # fmt: skip
+    how = rng.choice(
+        [
+            "torch.save-os.system",
+            "torch.save-open",
+            "torch.save-exec",
+            "torch.save-subprocess",
+            "posix.system",
+            "builtins.open",
+            "builtins.eval",
+            "nt.system",
+            "__builtin__.open",
+            "shutil.copy",
+            "in-corpus",
+            "torch.load",
+            "getattr-chain",
+        ]
+    )
     if how.startswith("torch.save-"):
         import subprocess as sp
 
-        evil = {"torch.save-os.system": _Evil(os.system, f"touch {marker}"),
-                "torch.save-open": _Evil(open, str(marker), "w"),
-                "torch.save-exec": _Evil(exec, f"open({str(marker)!r}, 'w')"),
-                "torch.save-subprocess": _Evil(sp.call, ["touch", str(marker)])}[how]  # fmt: skip
+        evil = {
+            "torch.save-os.system": _Evil(os.system, f"touch {marker}"),
+            "torch.save-open": _Evil(open, str(marker), "w"),
+            "torch.save-exec": _Evil(exec, f"open({str(marker)!r}, 'w')"),
+            "torch.save-subprocess": _Evil(sp.call, ["touch", str(marker)]),
+        }[how]
         p = copy.deepcopy(seed.payload)
         p[rng.choice(["model", "corpus", "extra", "vocab"])] = evil
         save(p, out)
@@ -956,10 +1161,30 @@ def m_bomb(rng, seed, out, marker):
     """Few bytes of pickle that cost much: allocations torch's unpickler allows, deep or shared structures."""
     entries = entries_of(seed.raw)
     _, data = pickle_of(entries)
-    how = rng.choice(["bytearray", "bytearray-huge", "tensor-new", "deep-tuple-key", "deep-tuple-value",
-                      "deep-list", "dag-corpus", "cycle", "long-binput", "memo-flood", "mark-flood",
-                      "big-pickle", "unicode-len-lie", "huge-long", "set", "counter", "_codecs", "none-flood",
-                      "string-flood", "colliding-keys"])  # fmt: skip
+    how = rng.choice(
+        [
+            "bytearray",
+            "bytearray-huge",
+            "tensor-new",
+            "deep-tuple-key",
+            "deep-tuple-value",
+            "deep-list",
+            "dag-corpus",
+            "cycle",
+            "long-binput",
+            "memo-flood",
+            "mark-flood",
+            "big-pickle",
+            "unicode-len-lie",
+            "huge-long",
+            "set",
+            "counter",
+            "_codecs",
+            "none-flood",
+            "string-flood",
+            "colliding-keys",
+        ]
+    )
     must, value = True, b""
     if how == "bytearray":
         value = pglobal("builtins", "bytearray") + b"(" + pint(2**31 - 1) + b"tR"
@@ -1031,9 +1256,9 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     from charlstm import checkpoint as ckpt
     from charlstm import render, sample
     from charlstm.config import SampleConfig, from_dict
-    from charlstm.vocab import Vocab
     from charlstm.model import CharRNN
     from charlstm.summary import summary_of
+    from charlstm.vocab import Vocab
 
     payload = ckpt.load_model_checkpoint(path)
     # the model built as sample.load_model builds it (from the payload loaded above: one load less per case)
@@ -1048,8 +1273,13 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
         from charlstm.trainer import Trainer
 
         shutil.rmtree(run_dir, ignore_errors=True)
-        Trainer(seed_corpus(seed_name), ModelConfig(), TrainConfig(max_steps=10**6, batch_size=4, seq_len=8), run_dir,
-                resume_from=path)  # fmt: skip
+        Trainer(
+            seed_corpus(seed_name),
+            ModelConfig(),
+            TrainConfig(max_steps=10**6, batch_size=4, seq_len=8),
+            run_dir,
+            resume_from=path,
+        )
     return "loaded"
 
 
@@ -1064,8 +1294,8 @@ def worker_main(as_limit_mb: int) -> None:
     os.dup2(2, 1)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    import charlstm.cli  # noqa: F401  (imports outside the measured cases)
-    import charlstm.sample  # noqa: F401
+    import charlstm.cli
+    import charlstm.sample
     import charlstm.train  # noqa: F401
 
     limit = _status("VmSize") + (as_limit_mb << 20)
@@ -1083,15 +1313,28 @@ def worker_main(as_limit_mb: int) -> None:
             message = ""
         except CharlstmError as exc:
             outcome, message = "refused", str(exc)
-        except BaseException as exc:  # noqa: BLE001 (what the fuzzer is looking for)
+        except BaseException as exc:
             outcome = "BAD"
-            message = f"{type(exc).__name__}: {exc}".replace("\n", " | ")[:300] + " @ " + "".join(
-                traceback.format_tb(exc.__traceback__)[-2:]
-            ).replace("\n", " | ")[-400:]
+            message = (
+                f"{type(exc).__name__}: {exc}".replace("\n", " | ")[:300]
+                + " @ "
+                + "".join(traceback.format_tb(exc.__traceback__)[-2:]).replace("\n", " | ")[-400:]
+            )
         seconds = time.perf_counter() - start
         peak = _status("VmHWM")
-        proto.write(json.dumps({"outcome": outcome, "message": message, "seconds": seconds, "rss_before": before,
-                                "rss_peak": peak, "marker": marker.exists()}) + "\n")  # fmt: skip
+        proto.write(
+            json.dumps(
+                {
+                    "outcome": outcome,
+                    "message": message,
+                    "seconds": seconds,
+                    "rss_before": before,
+                    "rss_peak": peak,
+                    "marker": marker.exists(),
+                }
+            )
+            + "\n"
+        )
 
 
 class Worker:
@@ -1106,8 +1349,9 @@ class Worker:
     def launch(self) -> None:
         """Start the process (it imports torch: seconds, which the caller may spend on something else)."""
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--as-limit-mb", str(self.as_limit_mb)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=open(self.log, "ab"), text=True, cwd=ROOT)  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True, cwd=ROOT
+        )
         self.ready = False
 
     def start(self) -> None:
@@ -1130,8 +1374,9 @@ class Worker:
     def submit(self, path: Path, seed: str, resume: bool, marker: Path) -> None:
         if self.process is None or self.process.poll() is not None or not self.ready:
             self.start()
-        self.process.stdin.write(json.dumps({"path": str(path), "seed": seed, "resume": resume,
-                                             "marker": str(marker)}) + "\n")  # fmt: skip
+        self.process.stdin.write(
+            json.dumps({"path": str(path), "seed": seed, "resume": resume, "marker": str(marker)}) + "\n"
+        )
         self.process.stdin.flush()
 
     def collect(self, marker: Path, timeout: float) -> dict:
@@ -1140,8 +1385,14 @@ class Worker:
             died = self.process.poll()
             self.stop()
             what = f"worker died (exit {died})" if died is not None else f"no answer within {timeout:.0f} s"
-            return {"outcome": "BAD", "message": what, "seconds": timeout, "rss_before": 0, "rss_peak": 0,
-                    "marker": marker.exists()}  # fmt: skip
+            return {
+                "outcome": "BAD",
+                "message": what,
+                "seconds": timeout,
+                "rss_before": 0,
+                "rss_peak": 0,
+                "marker": marker.exists(),
+            }
         return answer
 
     def run(self, path: Path, seed: str, resume: bool, marker: Path, timeout: float = 60.0) -> dict:
@@ -1191,9 +1442,19 @@ def judge(case: Case, answer: dict, time_limit: float, rss_limit_mb: float) -> t
     return outcome, message
 
 
-def run_fuzz(seeds: list[Seed], cases: int, seed: int, work: Path, resume_every: int = 5, time_limit: float = 5.0,
-             rss_limit_mb: float = 500.0, as_limit_mb: int = 3072, kinds: list[str] | None = None,
-             progress: Callable[[int], None] | None = None, worker: Worker | None = None) -> list[Result]:  # fmt: skip
+def run_fuzz(
+    seeds: list[Seed],
+    cases: int,
+    seed: int,
+    work: Path,
+    resume_every: int = 5,
+    time_limit: float = 5.0,
+    rss_limit_mb: float = 500.0,
+    as_limit_mb: int = 3072,
+    kinds: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    worker: Worker | None = None,
+) -> list[Result]:
     """Run `cases` seeded cases (kinds in turn, seeds and variants drawn from `seed`); the results. The next
     case is written while the worker loads the current one (two files in turn)."""
     rng = random.Random(seed)
@@ -1226,9 +1487,18 @@ def run_fuzz(seeds: list[Seed], cases: int, seed: int, work: Path, resume_every:
             case, base, _, marker, _ = current
             answer = worker.collect(marker, timeout=max(30.0, time_limit * 6))
             outcome, message = judge(case, answer, time_limit, rss_limit_mb)
-            results.append(Result(case.kind, case.variant, outcome, message, answer["seconds"],
-                                  answer["rss_peak"] / 2**20, (answer["rss_peak"] - answer["rss_before"]) / 2**20,
-                                  base.name))  # fmt: skip
+            results.append(
+                Result(
+                    case.kind,
+                    case.variant,
+                    outcome,
+                    message,
+                    answer["seconds"],
+                    answer["rss_peak"] / 2**20,
+                    (answer["rss_peak"] - answer["rss_before"]) / 2**20,
+                    base.name,
+                )
+            )
             if upcoming:
                 worker.submit(upcoming[2], upcoming[1].name, upcoming[4], upcoming[3])
             current = upcoming
@@ -1255,8 +1525,11 @@ def report(results: list[Result], elapsed: float) -> str:
     lines.append(header + "     cases   max s  max MB")
     for kind in sorted(table):
         row = table[kind]
-        lines.append(f"{kind:<{width}}  " + "  ".join(f"{row[o]:>8}" for o in OUTCOMES)
-                     + f"  {sum(row.values()):>8}  {worst[kind][0]:>6.2f}  {worst[kind][1]:>6.1f}")  # fmt: skip
+        lines.append(
+            f"{kind:<{width}}  "
+            + "  ".join(f"{row[o]:>8}" for o in OUTCOMES)
+            + f"  {sum(row.values()):>8}  {worst[kind][0]:>6.2f}  {worst[kind][1]:>6.1f}"
+        )
     total = Counter(r.outcome for r in results)
     lines.append(f"{'all':<{width}}  " + "  ".join(f"{total[o]:>8}" for o in OUTCOMES) + f"  {len(results):>8}")
     if results:
@@ -1265,18 +1538,26 @@ def report(results: list[Result], elapsed: float) -> str:
         highest = max(results, key=lambda r: r.rss_peak_mb)
         lines.append("")
         mean = sum(r.seconds for r in results) / len(results)
-        lines.append(f"cases: {len(results)} in {elapsed:.0f} s (the targets of a case: {mean * 1000:.1f} ms "
-                     f"on average)")  # fmt: skip
-        lines.append(f"largest time of a case: {slowest.seconds:.3f} s "
-                     f"({slowest.kind}/{slowest.variant}, {slowest.outcome})")  # fmt: skip
-        lines.append(f"largest RSS growth of a case: {largest.rss_delta_mb:.1f} MB over the worker's RSS before it "
-                     f"({largest.kind}/{largest.variant}, {largest.outcome})")  # fmt: skip
-        lines.append(f"largest peak RSS (VmHWM) of the worker in a case: {highest.rss_peak_mb:.0f} MB "
-                     f"({highest.kind}/{highest.variant})")  # fmt: skip
+        lines.append(
+            f"cases: {len(results)} in {elapsed:.0f} s (the targets of a case: {mean * 1000:.1f} ms on average)"
+        )
+        lines.append(
+            f"largest time of a case: {slowest.seconds:.3f} s ({slowest.kind}/{slowest.variant}, {slowest.outcome})"
+        )
+        lines.append(
+            f"largest RSS growth of a case: {largest.rss_delta_mb:.1f} MB over the worker's RSS before it "
+            f"({largest.kind}/{largest.variant}, {largest.outcome})"
+        )
+        lines.append(
+            f"largest peak RSS (VmHWM) of the worker in a case: {highest.rss_peak_mb:.0f} MB "
+            f"({highest.kind}/{highest.variant})"
+        )
     skipped = Counter(r.kind for r in results if r.variant.startswith("n/a"))
     if skipped:
-        lines.append("mutations that did not apply to their seed (a copy of it ran instead): "
-                     + ", ".join(f"{kind} {count}" for kind, count in sorted(skipped.items())))  # fmt: skip
+        lines.append(
+            "mutations that did not apply to their seed (a copy of it ran instead): "
+            + ", ".join(f"{kind} {count}" for kind, count in sorted(skipped.items()))
+        )
     bad = [r for r in results if r.outcome == "BAD"]
     for r in bad[:40]:
         lines.append(f"BAD {r.kind}/{r.variant} (seed {r.seed}): {r.message}")
@@ -1317,8 +1598,13 @@ def torch_load_probe(path: Path, as_limit_mb: int, timeout: float = 120.0) -> di
     """torch.load(weights_only=True) of `path`, then the finiteness check of the weights, in a fresh process
     under the same address-space limit as the worker (it may die of a signal)."""
     try:
-        done = subprocess.run([sys.executable, "-c", TORCH_LOAD_PROBE, str(path), str(as_limit_mb)],
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", TORCH_LOAD_PROBE, str(path), str(as_limit_mb)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
     except subprocess.TimeoutExpired:
         return {"outcome": f"no answer within {timeout:.0f} s", "seconds": timeout, "rss_mb": float("nan")}
     if done.returncode != 0:
@@ -1351,9 +1637,13 @@ def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
         payload["model"] = {name: torch.zeros(1).expand(shape) for name, shape in shapes.items()}
         files[f"stride-0 weights, hidden {hidden}"] = work / f"bomb-expand-{hidden}.pt"
         torch.save(payload, files[f"stride-0 weights, hidden {hidden}"])
-    variants = {"bytearray": "REDUCE builtins.bytearray(2**31 - 1)", "deep-tuple-key": "dict key of 300k nested tuples",
-                "colliding-keys": "dict of 40k int keys of one hash", "none-flood": "4 MB pickle of pushes",
-                "dag-corpus": "corpus: 80-level DAG of tuples"}  # fmt: skip
+    variants = {
+        "bytearray": "REDUCE builtins.bytearray(2**31 - 1)",
+        "deep-tuple-key": "dict key of 300k nested tuples",
+        "colliding-keys": "dict of 40k int keys of one hash",
+        "none-flood": "4 MB pickle of pushes",
+        "dag-corpus": "corpus: 80-level DAG of tuples",
+    }
     for variant, label in variants.items():
         files[label] = work / f"bomb-{variant}.pt"
         m_bomb(Fixed(variant), lstm, files[label], work / "marker")
@@ -1365,15 +1655,19 @@ def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
     j = next(i for i, op in enumerate(ops) if op[0] == "BINPERSID")
     numel = next(op for op in reversed(ops[:j]) if op[0] in INT_OPS)
     files["storage declares 10**10 elements"] = work / "bomb-lie.pt"
-    write_zip(files["storage declares 10**10 elements"],
-              with_pickle(entries, data[: numel[2]] + pint(10**10) + data[numel[3] :]))  # fmt: skip
+    write_zip(
+        files["storage declares 10**10 elements"],
+        with_pickle(entries, data[: numel[2]] + pint(10**10) + data[numel[3] :]),
+    )
     return files
 
 
 def bomb_report(seeds: list[Seed], work: Path, as_limit_mb: int) -> str:
     worker = Worker(as_limit_mb, work / "bomb-worker.log")
-    lines = [f"{'hostile checkpoint':<38} {'bytes':>9}  charlstm (every command's target)                       "
-             f"            torch.load(weights_only=True) + isfinite of the weights"]  # fmt: skip
+    lines = [
+        f"{'hostile checkpoint':<38} {'bytes':>9}  charlstm (every command's target)                       "
+        f"            torch.load(weights_only=True) + isfinite of the weights"
+    ]
     try:
         warm = seeds[0]
         worker.run(warm.path, warm.name, True, work / "warm-marker")
@@ -1382,9 +1676,11 @@ def bomb_report(seeds: list[Seed], work: Path, as_limit_mb: int) -> str:
             growth = (ours["rss_peak"] - ours["rss_before"]) / 2**20
             answer = f"{ours['outcome']}: {ours['message'].split(': ', 1)[-1][:60]}"
             theirs = torch_load_probe(path, as_limit_mb)
-            lines.append(f"{label:<38} {path.stat().st_size:>9}  {answer:<70} {ours['seconds']:>6.3f} s "
-                         f"{growth:>6.1f} MB | {theirs['outcome'][:70]}  {theirs['seconds']:.2f} s "
-                         f"{theirs['rss_mb']:.0f} MB")  # fmt: skip
+            lines.append(
+                f"{label:<38} {path.stat().st_size:>9}  {answer:<70} {ours['seconds']:>6.3f} s "
+                f"{growth:>6.1f} MB | {theirs['outcome'][:70]}  {theirs['seconds']:.2f} s "
+                f"{theirs['rss_mb']:.0f} MB"
+            )
     finally:
         worker.stop()
     return "\n".join(lines)
@@ -1412,13 +1708,17 @@ def main() -> int:
     start = time.perf_counter()
     seeds = make_seeds(work / "seeds")
     print(f"seeds: {', '.join(s.name for s in seeds)} ({time.perf_counter() - start:.1f} s to train and save)")
-    print(f"cases: {args.cases}, seed {args.seed}, resume target every {args.resume_every} cases; limits "
-          f"{args.time_limit:g} s and {args.rss_limit_mb:g} MB per case, worker address space +{args.as_limit_mb} MB",
-          flush=True)  # fmt: skip
+    print(
+        f"cases: {args.cases}, seed {args.seed}, resume target every {args.resume_every} cases; limits "
+        f"{args.time_limit:g} s and {args.rss_limit_mb:g} MB per case, worker address space +{args.as_limit_mb} MB",
+        flush=True,
+    )
     kinds = [k for k in args.kinds.split(",") if k] or None
     if not args.no_bombs:
-        print("\nmemory bombs and other hostile files: time and RSS growth of the case (VmHWM over VmRSS before it), "
-              f"both sides under an address-space limit of +{args.as_limit_mb} MB")  # fmt: skip
+        print(
+            "\nmemory bombs and other hostile files: time and RSS growth of the case (VmHWM over VmRSS before it), "
+            f"both sides under an address-space limit of +{args.as_limit_mb} MB"
+        )
         print(bomb_report(seeds, work, args.as_limit_mb), flush=True)
         print()
     begin = time.perf_counter()
@@ -1427,8 +1727,18 @@ def main() -> int:
         if done % 1000 == 0:
             print(f"  {done} cases, {time.perf_counter() - begin:.0f} s", flush=True)
 
-    results = run_fuzz(seeds, args.cases, args.seed, work, args.resume_every, args.time_limit, args.rss_limit_mb,
-                       args.as_limit_mb, kinds, progress)  # fmt: skip
+    results = run_fuzz(
+        seeds,
+        args.cases,
+        args.seed,
+        work,
+        args.resume_every,
+        args.time_limit,
+        args.rss_limit_mb,
+        args.as_limit_mb,
+        kinds,
+        progress,
+    )
     print(report(results, time.perf_counter() - begin))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

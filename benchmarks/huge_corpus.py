@@ -76,9 +76,12 @@ def child(args: argparse.Namespace) -> None:
     corpus = load_corpus([Path(args.corpus)])
     notes: list[str] = []
     trainer = Trainer(
-        corpus, ModelConfig(hidden=args.hidden, embed=64), TrainConfig(batch_size=64, seq_len=128, max_steps=10**9,
-        eval_every=10**9, val_frac=0.001), Path(args.run), on_event=notes_into(notes),
-    )  # fmt: skip
+        corpus,
+        ModelConfig(hidden=args.hidden, embed=64),
+        TrainConfig(batch_size=64, seq_len=128, max_steps=10**9, eval_every=10**9, val_frac=0.001),
+        Path(args.run),
+        on_event=lambda kind, data: notes.append(data["text"]) if kind == "note" else None,
+    )
     ready = time.perf_counter()
     encode_peak_kb = status_kb("VmHWM")
     reset_peak()
@@ -92,26 +95,41 @@ def child(args: argparse.Namespace) -> None:
     trainer.train(should_stop=should_stop)
     done = time.perf_counter()
     params = trainer.model.num_params
-    print(json.dumps({
-        "import_rss_mb": base_kb / 1024,
-        "prepare_seconds": ready - started,
-        "encode_seconds": trainer.data.encode_seconds,
-        "encode_peak_rss_mb": encode_peak_kb / 1024,
-        "train_peak_rss_mb": status_kb("VmHWM") / 1024,
-        "train_rss_anon_mb": status_kb("RssAnon") / 1024,
-        "train_rss_file_mb": status_kb("RssFile") / 1024,
-        "first_step_seconds": first_step[0] - started,
-        "step_seconds": (done - first_step[0]) / max(1, args.steps - 1),
-        "tokens": int(len(trainer.data.ids)),
-        "memmapped": type(trainer.data.ids).__name__ == "memmap",
-        "model_state_mb": params * 4 * 4 / 2**20,  # weights, grads, two AdamW moments (fp32)
-        "notes": notes,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "import_rss_mb": base_kb / 1024,
+                "prepare_seconds": ready - started,
+                "encode_seconds": trainer.data.encode_seconds,
+                "encode_peak_rss_mb": encode_peak_kb / 1024,
+                "train_peak_rss_mb": status_kb("VmHWM") / 1024,
+                "train_rss_anon_mb": status_kb("RssAnon") / 1024,
+                "train_rss_file_mb": status_kb("RssFile") / 1024,
+                "first_step_seconds": first_step[0] - started,
+                "step_seconds": (done - first_step[0]) / max(1, args.steps - 1),
+                "tokens": len(trainer.data.ids),
+                "memmapped": type(trainer.data.ids).__name__ == "memmap",
+                "model_state_mb": params * 4 * 4 / 2**20,  # weights, grads, two AdamW moments (fp32)
+                "notes": notes,
+            }
+        )
+    )
 
 
 def run_child(corpus: Path, run: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", "--corpus", str(corpus), "--run", str(run),
-               "--steps", str(args.steps), "--hidden", str(args.hidden)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--corpus",
+        str(corpus),
+        "--run",
+        str(run),
+        "--steps",
+        str(args.steps),
+        "--hidden",
+        str(args.hidden),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         sys.exit(done.stderr)
@@ -143,7 +161,9 @@ def main() -> None:
         make_corpus(small, 1.0)
         started = time.perf_counter()
         make_corpus(big, args.size_mb)
-        print(f"generated {big} ({big.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"generated {big} ({big.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - started:.0f} s", flush=True
+        )
         reference = run_child(small, args.out / "run-small", args)
         print("reference (1 MB corpus) done", flush=True)
         first = run_child(big, args.out / "run-big", args)
@@ -156,16 +176,34 @@ def main() -> None:
 
     size_mb = args.size_mb
     print()
-    print(f"| figure | {size_mb:,.0f} MB corpus, first run | same corpus, second run (cache reused) | reference: 1 MB corpus, same model |")
+    print(
+        f"| figure | {size_mb:,.0f} MB corpus, first run | same corpus, second run (cache reused) | reference: 1 MB corpus, same model |"
+    )
     print("| --- | --- | --- | --- |")
-    print(f"| encoding (two passes), MB/s | {size_mb / first['encode_seconds']:,.1f} | no encoding | {1.0 / reference['encode_seconds']:,.1f} |")
-    print(f"| set-up time (load, encode or reuse, model), s | {first['prepare_seconds']:,.1f} | {second['prepare_seconds']:,.1f} | {reference['prepare_seconds']:,.1f} |")
-    print(f"| peak RSS while encoding, MB | {first['encode_peak_rss_mb']:,.0f} | {second['encode_peak_rss_mb']:,.0f} | {reference['encode_peak_rss_mb']:,.0f} |")
-    print(f"| peak RSS while training {args.steps} steps, MB | {first['train_peak_rss_mb']:,.0f} | {second['train_peak_rss_mb']:,.0f} | {reference['train_peak_rss_mb']:,.0f} |")
-    print(f"| RSS after training: anonymous / file-backed (memory map), MB | {first['train_rss_anon_mb']:,.0f} / {first['train_rss_file_mb']:,.0f} | {second['train_rss_anon_mb']:,.0f} / {second['train_rss_file_mb']:,.0f} | {reference['train_rss_anon_mb']:,.0f} / {reference['train_rss_file_mb']:,.0f} |")
-    print(f"| time to the first training step, s | {first['first_step_seconds']:,.1f} | {second['first_step_seconds']:,.1f} | {reference['first_step_seconds']:,.1f} |")
-    print(f"| seconds per training step | {first['step_seconds']:.3f} | {second['step_seconds']:.3f} | {reference['step_seconds']:.3f} |")
-    print(f"| tokens; memory-mapped | {first['tokens']:,}; {first['memmapped']} | {second['tokens']:,}; {second['memmapped']} | {reference['tokens']:,}; {reference['memmapped']} |")
+    print(
+        f"| encoding (two passes), MB/s | {size_mb / first['encode_seconds']:,.1f} | no encoding | {1.0 / reference['encode_seconds']:,.1f} |"
+    )
+    print(
+        f"| set-up time (load, encode or reuse, model), s | {first['prepare_seconds']:,.1f} | {second['prepare_seconds']:,.1f} | {reference['prepare_seconds']:,.1f} |"
+    )
+    print(
+        f"| peak RSS while encoding, MB | {first['encode_peak_rss_mb']:,.0f} | {second['encode_peak_rss_mb']:,.0f} | {reference['encode_peak_rss_mb']:,.0f} |"
+    )
+    print(
+        f"| peak RSS while training {args.steps} steps, MB | {first['train_peak_rss_mb']:,.0f} | {second['train_peak_rss_mb']:,.0f} | {reference['train_peak_rss_mb']:,.0f} |"
+    )
+    print(
+        f"| RSS after training: anonymous / file-backed (memory map), MB | {first['train_rss_anon_mb']:,.0f} / {first['train_rss_file_mb']:,.0f} | {second['train_rss_anon_mb']:,.0f} / {second['train_rss_file_mb']:,.0f} | {reference['train_rss_anon_mb']:,.0f} / {reference['train_rss_file_mb']:,.0f} |"
+    )
+    print(
+        f"| time to the first training step, s | {first['first_step_seconds']:,.1f} | {second['first_step_seconds']:,.1f} | {reference['first_step_seconds']:,.1f} |"
+    )
+    print(
+        f"| seconds per training step | {first['step_seconds']:.3f} | {second['step_seconds']:.3f} | {reference['step_seconds']:.3f} |"
+    )
+    print(
+        f"| tokens; memory-mapped | {first['tokens']:,}; {first['memmapped']} | {second['tokens']:,}; {second['memmapped']} | {reference['tokens']:,}; {reference['memmapped']} |"
+    )
     print(f"| model + AdamW state, MB | {reference['model_state_mb']:,.1f} | | |")
     print(f"| python + torch after import, MB | {first['import_rss_mb']:,.0f} | | |")
     print("target: peak RSS under 1 GB plus the model")

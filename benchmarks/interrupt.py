@@ -60,8 +60,20 @@ def main() -> None:
         else:
             corpus, delay = generated(args.scratch, 20), 15.0
             extra = ["--eval-every", "20"] + (["--eval-chars", "2000000"] if has_eval_chars else [])
-        command = [sys.executable, "-m", "charlstm", "train", str(corpus), "--max-time", "10m", "--out", str(out),
-                   "--overwrite", "-q", *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "charlstm",
+            "train",
+            str(corpus),
+            "--max-time",
+            "10m",
+            "--out",
+            str(out),
+            "--overwrite",
+            "-q",
+            *extra,
+        ]
         print("$", " ".join(command), f"  (SIGINT after {delay:g} s)", flush=True)
         for stale in [*out.glob("*.pt"), *(out.glob("corpus.*") if case == "encoding" else [])]:
             stale.unlink()  # the encoding case encodes afresh (no cache left by an earlier run)
@@ -78,8 +90,10 @@ def main() -> None:
         saved = (out / "latest.pt").exists()
         tail = " | ".join(line for line in stderr.strip().splitlines()[-3:] if line.strip())
         rows.append((case, seconds, proc.returncode, saved, tail))
-        print(f"  -> exit {proc.returncode} {seconds:.2f} s after SIGINT; latest.pt {'saved' if saved else 'absent'}",
-              flush=True)  # fmt: skip
+        print(
+            f"  -> exit {proc.returncode} {seconds:.2f} s after SIGINT; latest.pt {'saved' if saved else 'absent'}",
+            flush=True,
+        )
     print(f"\ncharlstm at {root}")
     print(f"{'phase':<11} {'SIGINT->exit s':>14} {'exit':>5} {'latest.pt':>9}  last words")
     for case, seconds, code, saved, tail in rows:

@@ -32,13 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
-from charlstm.corpus import Corpus, default_corpus, load_corpus# noqa: E402
-from charlstm.tokens import prepare_tokens# noqa: E402
-from charlstm.vocab import Vocab# noqa: E402
-from charlstm.sample import LoadedModel, load_model, sample_text# noqa: E402
-from charlstm.starts import record_start_states  # noqa: E402
 from common import record_parser, train_for  # noqa: E402
+
+from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
+from charlstm.corpus import Corpus, default_corpus, load_corpus  # noqa: E402
+from charlstm.sample import LoadedModel, load_model, sample_text  # noqa: E402
+from charlstm.starts import record_start_states  # noqa: E402
+from charlstm.tokens import prepare_tokens  # noqa: E402
+from charlstm.vocab import Vocab  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 EMPTY = "(empty)"  # a sample whose first token is the end-of-record marker
@@ -98,17 +99,29 @@ def compare(name: str, corpus: Corpus, run: dict, out: Path, args) -> dict:
     corpus_p = distribution(real)
     noise = total_variation(distribution(random.Random(0).choices(real, k=args.samples)), corpus_p)
     return {
-        "name": name, "records": len(real), "source": source, "corpus": corpus_p, "noise": noise,
-        "before": distribution(firsts["zeros"]), "after": distribution(firsts["states"]),
+        "name": name,
+        "records": len(real),
+        "source": source,
+        "corpus": corpus_p,
+        "noise": noise,
+        "before": distribution(firsts["zeros"]),
+        "after": distribution(firsts["states"]),
         "model_before": model_first_chars(loaded, None, args.temp),
         "model_after": model_first_chars(loaded, loaded.payload["start_states"], args.temp),
-        "val_loss": run["best_val_loss"], "step": run["step"],
-    }  # fmt: skip
+        "val_loss": run["best_val_loss"],
+        "step": run["step"],
+    }
 
 
 def main() -> None:
-    parser = record_parser(__doc__, "record-starts", samples=100, temp=1.0, max_length=20,
-                           cap_help="characters per sample (only the first one is compared)")  # fmt: skip
+    parser = record_parser(
+        __doc__,
+        "record-starts",
+        samples=100,
+        temp=1.0,
+        max_length=20,
+        cap_help="characters per sample (only the first one is compared)",
+    )
     parser.set_defaults(time=180.0)
     parser.add_argument("--corpora", default="code,tweets", help="which of code,tweets to run (comma-separated)")
     parser.add_argument("--reuse", action="store_true", help="no training: sample the runs already in --out")
@@ -134,17 +147,23 @@ def main() -> None:
         print(f"{TWEETS} not found (the shared reference data): tweets skipped")
 
     print()
-    print(f"First characters of {args.samples} unprimed samples at temperature {args.temp:g} against those of the "
-          f"training split's records; total variation distance, lower is better ({args.time:g} s training each)")  # fmt: skip
+    print(
+        f"First characters of {args.samples} unprimed samples at temperature {args.temp:g} against those of the "
+        f"training split's records; total variation distance, lower is better ({args.time:g} s training each)"
+    )
     print()
-    print(f"| corpus | samples: before (zero state) | samples: after (start states) | {args.samples} real records "
-          f"(sampling noise) | model's distribution: before | model's distribution: after |")  # fmt: skip
+    print(
+        f"| corpus | samples: before (zero state) | samples: after (start states) | {args.samples} real records "
+        f"(sampling noise) | model's distribution: before | model's distribution: after |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:
         tv = {key: total_variation(r[key], r["corpus"]) for key in ("before", "after", "model_before", "model_after")}
-        print(f"| {r['name']} ({r['records']:,} records; val loss {r['val_loss']:.3f} at step {r['step']:,}) "
-              f"| {tv['before']:.2f} | {tv['after']:.2f} | {r['noise']:.2f} | {tv['model_before']:.2f} "
-              f"| {tv['model_after']:.2f} |")  # fmt: skip
+        print(
+            f"| {r['name']} ({r['records']:,} records; val loss {r['val_loss']:.3f} at step {r['step']:,}) "
+            f"| {tv['before']:.2f} | {tv['after']:.2f} | {r['noise']:.2f} | {tv['model_before']:.2f} "
+            f"| {tv['model_after']:.2f} |"
+        )
     for r in results:
         print(f"\n{r['name']}: start states {r['source']}")
         print(f"  records:        {top(r['corpus'])}")

@@ -34,15 +34,14 @@ if args.threads:
         os.environ[name] = str(args.threads)
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
-from charlstm.vocab import Vocab# noqa: E402
 from charlstm.model import CharRNN  # noqa: E402
-from charlstm.sample import LoadedModel, generate# noqa: E402
+from charlstm.sample import LoadedModel, generate  # noqa: E402
+from charlstm.vocab import Vocab  # noqa: E402
 
 VOCAB = [chr(c) for c in range(32, 97)]  # 65 printable characters, no end-of-record entry
 TEMPERATURE = 0.8
@@ -57,7 +56,7 @@ class Rate:
     def __str__(self) -> str:
         return f"{self.wall:,.0f} ({self.cpu:,.0f})"
 
-    def times(self, other: "Rate") -> str:
+    def times(self, other: Rate) -> str:
         return f"{self.wall / other.wall:.1f}x ({self.cpu / other.cpu:.1f}x)"
 
 
@@ -92,14 +91,18 @@ def charlstm_rate(loaded: LoadedModel, batch: int, seconds: float, fast: bool) -
 
 
 def main() -> None:
-    print(f"device {args.device}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"device {args.device}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     rows = []
     for shape in args.shapes.split(","):
         layers, hidden = (int(v) for v in shape.lower().split("x"))
         torch.manual_seed(0)
-        model = CharRNN(ModelConfig(vocab_size=len(VOCAB), layers=layers, hidden=hidden, embed=64)).to(args.device).eval()
+        model = (
+            CharRNN(ModelConfig(vocab_size=len(VOCAB), layers=layers, hidden=hidden, embed=64)).to(args.device).eval()
+        )
         loaded = LoadedModel(model=model, vocab=Vocab(VOCAB), path=Path("random"), payload={})
         seconds = args.seconds
         naive_single = naive_loop(model, 1, seconds)
@@ -110,19 +113,29 @@ def main() -> None:
         rows.append((shape, naive_single, plain_single, fast_single, naive_batch, fast_batch))
         print(f"\n{layers} x {hidden} LSTM (vocab {len(VOCAB)}, temperature {TEMPERATURE}), chars/s (per CPU-s):")
         print(f"  reference: naive nn.LSTM loop, batch 1      {naive_single}")
-        print(f"  charlstm plain path (fast=False), batch 1   {plain_single}   = {plain_single.times(naive_single)} reference")
-        print(f"  charlstm sampler, batch 1                   {fast_single}   = {fast_single.times(naive_single)} reference")
+        print(
+            f"  charlstm plain path (fast=False), batch 1   {plain_single}   = {plain_single.times(naive_single)} reference"
+        )
+        print(
+            f"  charlstm sampler, batch 1                   {fast_single}   = {fast_single.times(naive_single)} reference"
+        )
         print(f"  reference: naive nn.LSTM loop, batch {args.batch}    {naive_batch}")
-        print(f"  charlstm sampler, batch {args.batch}                 {fast_batch}   = {fast_batch.times(fast_single)} "
-              f"charlstm batch 1, {fast_batch.times(naive_single)} reference batch 1, "
-              f"{fast_batch.times(naive_batch)} reference batch {args.batch}")  # fmt: skip
-    print(f"\nchars/s (chars per CPU-second); ratios likewise")
-    print(f"| shape | naive b1 | charlstm plain b1 | charlstm b1 | vs naive b1 | naive b{args.batch} "
-          f"| charlstm b{args.batch} | vs charlstm b1 | vs naive b1 |")  # fmt: skip
+        print(
+            f"  charlstm sampler, batch {args.batch}                 {fast_batch}   = {fast_batch.times(fast_single)} "
+            f"charlstm batch 1, {fast_batch.times(naive_single)} reference batch 1, "
+            f"{fast_batch.times(naive_batch)} reference batch {args.batch}"
+        )
+    print("\nchars/s (chars per CPU-second); ratios likewise")
+    print(
+        f"| shape | naive b1 | charlstm plain b1 | charlstm b1 | vs naive b1 | naive b{args.batch} "
+        f"| charlstm b{args.batch} | vs charlstm b1 | vs naive b1 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for shape, naive_single, plain_single, fast_single, naive_batch, fast_batch in rows:
-        print(f"| {shape} | {naive_single} | {plain_single} | {fast_single} | {fast_single.times(naive_single)} "
-              f"| {naive_batch} | {fast_batch} | {fast_batch.times(fast_single)} | {fast_batch.times(naive_single)} |")  # fmt: skip
+        print(
+            f"| {shape} | {naive_single} | {plain_single} | {fast_single} | {fast_single.times(naive_single)} "
+            f"| {naive_batch} | {fast_batch} | {fast_batch.times(fast_single)} | {fast_batch.times(naive_single)} |"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -22,16 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
-from charlstm.vocab import Vocab# noqa: E402
 from charlstm.model import CharRNN  # noqa: E402
-from charlstm.sample import LoadedModel, sample_text# noqa: E402
+from charlstm.sample import LoadedModel, sample_text  # noqa: E402
 from charlstm.starts import record_start_states  # noqa: E402
+from charlstm.vocab import Vocab  # noqa: E402
 
 CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
-SETTINGS = [dict(seed=1), dict(seed=2, temperature=1.2), dict(seed=3, top_k=10), dict(seed=4, top_p=0.9),
-            dict(seed=5, num_samples=3, temperature=0.7), dict(seed=6, num_samples=64, temperature=0.9)]  # fmt: skip
-RECORD_SETTINGS = [dict(seed=1), dict(seed=2, temperature=1.2, prime="the "), dict(seed=5, num_samples=3, temperature=0.7),
-                   dict(seed=6, num_samples=64, temperature=0.9, prime="a")]  # fmt: skip
+SETTINGS = [
+    dict(seed=1),
+    dict(seed=2, temperature=1.2),
+    dict(seed=3, top_k=10),
+    dict(seed=4, top_p=0.9),
+    dict(seed=5, num_samples=3, temperature=0.7),
+    dict(seed=6, num_samples=64, temperature=0.9),
+]
+RECORD_SETTINGS = [
+    dict(seed=1),
+    dict(seed=2, temperature=1.2, prime="the "),
+    dict(seed=5, num_samples=3, temperature=0.7),
+    dict(seed=6, num_samples=64, temperature=0.9, prime="a"),
+]
 
 
 def random_model(cell: str, layers: int, hidden: int, seed: int, gain: float, records: bool = False) -> LoadedModel:
@@ -70,8 +80,11 @@ def main() -> None:
             line = f"{cell} {layers}x{hidden}{kind} {extra}: {chars} chars, identical={fast == plain}"
             if fast != plain:
                 mismatches += 1
-                first = min(next((i for i, (a, b) in enumerate(zip(f, p)) if a != b), min(len(f), len(p)))
-                            for f, p in zip(fast, plain) if f != p)  # fmt: skip
+                first = min(
+                    next((i for i, (a, b) in enumerate(zip(f, p)) if a != b), min(len(f), len(p)))
+                    for f, p in zip(fast, plain)
+                    if f != p
+                )
                 line += f", first difference at character {first}"
             print(line, flush=True)
     print(f"total {total:,} characters compared, {mismatches} runs differ")

@@ -24,19 +24,21 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.streams import Streams# noqa: E402
-from charlstm.tokens import split_train_val# noqa: E402
-from charlstm.vocab import Vocab# noqa: E402
-from charlstm.validation import evaluate# noqa: E402
-from charlstm.model import CharRNN  # noqa: E402
 from common import train_for  # noqa: E402
+
+from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
+from charlstm.model import CharRNN  # noqa: E402
+from charlstm.streams import Streams  # noqa: E402
+from charlstm.tokens import split_train_val  # noqa: E402
+from charlstm.validation import evaluate  # noqa: E402
+from charlstm.vocab import Vocab  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def bare_loop(ids, model_config: ModelConfig, train_config: TrainConfig, seconds: float, lr: float, cosine: bool,
-              eval_ids=None) -> tuple[float, float | None]:  # fmt: skip
+def bare_loop(
+    ids, model_config: ModelConfig, train_config: TrainConfig, seconds: float, lr: float, cosine: bool, eval_ids=None
+) -> tuple[float, float | None]:
     """A plain nn.LSTM + Adam loop: returns (chars/s, val loss or None)."""
     torch.manual_seed(0)
     V = model_config.vocab_size
@@ -91,10 +93,15 @@ def main() -> None:
     train_ids, val_ids = split_train_val(vocab.encode(text), train_config.val_frac)
 
     print(f"bare nn.LSTM loop, same shape, {args.speed_seconds:g} s …", flush=True)
-    bare_speed, _ = bare_loop(train_ids, model_config, train_config, args.speed_seconds, lr=train_config.lr, cosine=False)
+    bare_speed, _ = bare_loop(
+        train_ids, model_config, train_config, args.speed_seconds, lr=train_config.lr, cosine=False
+    )
     ref_loss = None
     if not args.skip_reference_loss:
-        print(f"reference plain nn.LSTM script (1x256, batch 64, seq 64, Adam 5e-3, cosine), {args.time:g} s …", flush=True)
+        print(
+            f"reference plain nn.LSTM script (1x256, batch 64, seq 64, Adam 5e-3, cosine), {args.time:g} s …",
+            flush=True,
+        )
         ref_model = ModelConfig(vocab_size=len(vocab), layers=1, hidden=256, embed=64)
         ref_train = TrainConfig(batch_size=64, seq_len=64)
         _, ref_loss = bare_loop(train_ids, ref_model, ref_train, args.time, lr=5e-3, cosine=True, eval_ids=val_ids)
@@ -106,11 +113,17 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     ref_text = f"{ref_loss:.4f} (plain nn.LSTM 1x256 script)" if ref_loss is not None else "skipped"
     final = ours.get("final_val_loss") or ours["best_val_loss"]  # the whole split, at the end of the run
-    print(f"| val loss (whole split, end of run), nats/char, --max-time {args.time:g}s | {final:.4f} | {ref_text} | <= 1.55 |")
+    print(
+        f"| val loss (whole split, end of run), nats/char, --max-time {args.time:g}s | {final:.4f} | {ref_text} | <= 1.55 |"
+    )
     if "final_val_loss" in ours:
-        print(f"| best periodic val loss ({ours['validation']['periodic_chars']:,}-character slice) | {ours['best_val_loss']:.4f} | | |")
+        print(
+            f"| best periodic val loss ({ours['validation']['periodic_chars']:,}-character slice) | {ours['best_val_loss']:.4f} | | |"
+        )
         print(f"| wall clock, training steps | {ours['elapsed_seconds']:.1f} s, {ours['train_seconds']:.1f} s | | |")
-    print(f"| training chars/s | {ours['chars_per_second']:,.0f} | {bare_speed:,.0f} (bare nn.LSTM + Adam loop, same shape) | overhead <= 10% |")
+    print(
+        f"| training chars/s | {ours['chars_per_second']:,.0f} | {bare_speed:,.0f} (bare nn.LSTM + Adam loop, same shape) | overhead <= 10% |"
+    )
     print(f"| overhead over the bare loop | {overhead * 100:+.1f}% | | |")
     print(f"| steps, chars seen | {ours['step']:,}, {ours['chars_seen']:,} | | |")
 

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.corpus import default_corpus, load_corpus# noqa: E402
-from charlstm.streams import IGNORE_INDEX, Streams# noqa: E402
-from charlstm.tokens import prepare_tokens# noqa: E402
-from charlstm.device import autocast_dtype, configure_backends, pick_device# noqa: E402
-from charlstm.trainer import Trainer# noqa: E402
+from charlstm.corpus import default_corpus, load_corpus  # noqa: E402
+from charlstm.device import autocast_dtype, configure_backends, pick_device  # noqa: E402
+from charlstm.streams import IGNORE_INDEX, Streams  # noqa: E402
+from charlstm.tokens import prepare_tokens  # noqa: E402
+from charlstm.trainer import Trainer  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -70,7 +70,9 @@ def train_flops_per_char(model: ModelConfig) -> float:
     return 3 * forward
 
 
-def bare_loop_speed(ids, model: ModelConfig, config: TrainConfig, device: torch.device, seconds: float, warmup: int) -> float:
+def bare_loop_speed(
+    ids, model: ModelConfig, config: TrainConfig, device: torch.device, seconds: float, warmup: int
+) -> float:
     """Characters/s of a plain loop: embedding -> nn.LSTM -> linear, Adam, carried state, same data and shape."""
     torch.manual_seed(0)
     cell = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[model.cell]
@@ -130,7 +132,9 @@ def trainer_speed(corpus, model: ModelConfig, config: TrainConfig, seconds: floa
 def main() -> None:
     model_defaults, train_defaults = ModelConfig(), TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=None, help="text file (default: Tiny Shakespeare, else the built-in corpus)")
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help="text file (default: Tiny Shakespeare, else the built-in corpus)"
+    )
     parser.add_argument("--cell", default=model_defaults.cell)
     parser.add_argument("--layers", type=int, default=model_defaults.layers)
     parser.add_argument("--hidden", type=int, default=model_defaults.hidden)
@@ -155,15 +159,25 @@ def main() -> None:
     device = pick_device(args.device)
     configure_backends(device)
     model = ModelConfig(vocab_size=len(vocab), cell=args.cell, layers=args.layers, hidden=args.hidden, embed=args.embed)
-    config = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, device=args.device, precision=args.precision,
-                         compile=args.compile)  # fmt: skip
+    config = TrainConfig(
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
     amp = autocast_dtype(args.precision, device)
     matrix_dtype = amp or torch.float32
     precision = "bf16 autocast" if amp == torch.bfloat16 else "fp32"
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"corpus {corpus.name} ({tokens.chars:,} chars), vocabulary {len(vocab)}, device {device}{threads}, {precision}")
-    print(f"shape: {model.layers} x {model.hidden} {model.cell}, embed {model.embed}, batch {config.batch_size}, "
-          f"seq {config.seq_len}{', compiled' if args.compile else ''}", flush=True)  # fmt: skip
+    print(
+        f"corpus {corpus.name} ({tokens.chars:,} chars), vocabulary {len(vocab)}, device {device}{threads}, {precision}"
+    )
+    print(
+        f"shape: {model.layers} x {model.hidden} {model.cell}, embed {model.embed}, batch {config.batch_size}, "
+        f"seq {config.seq_len}{', compiled' if args.compile else ''}",
+        flush=True,
+    )
 
     rate = matmul_rate(device, matrix_dtype)
     print(f"torch.mm rate ({str(matrix_dtype).replace('torch.', '')}): {rate / 1e9:,.1f} GFLOP/s", flush=True)
@@ -179,8 +193,10 @@ def main() -> None:
     print(f"| figure | charlstm Trainer | bare nn.{model.cell.upper()} + Adam loop, same run |")
     print("| --- | --- | --- |")
     print(f"| training chars/s (best of {args.rounds}) | {best_ours:,.0f} | {best_bare:,.0f} |")
-    print(f"| share of the measured torch.mm rate ({rate / 1e9:,.1f} GFLOP/s) | "
-          f"{best_ours * flops / rate:.1%} | {best_bare * flops / rate:.1%} |")  # fmt: skip
+    print(
+        f"| share of the measured torch.mm rate ({rate / 1e9:,.1f} GFLOP/s) | "
+        f"{best_ours * flops / rate:.1%} | {best_bare * flops / rate:.1%} |"
+    )
     print(f"| charlstm overhead over the bare loop | {1 - best_ours / best_bare:+.1%} | (target <= 10%) |")
     print(f"training FLOPs per char: {flops / 1e6:.2f} M (3 x forward)")
 

@@ -19,10 +19,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.config import SampleConfig  # noqa: E402
-from charlstm.tables import table_texts# noqa: E402
-from charlstm.sample import load_model, sample_text# noqa: E402
 from common import record_parser, train_for  # noqa: E402
+
+from charlstm.config import SampleConfig  # noqa: E402
+from charlstm.sample import load_model, sample_text  # noqa: E402
+from charlstm.tables import table_texts  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 
@@ -35,8 +36,14 @@ def distribution(lengths: list[int]) -> str:
 
 
 def main() -> None:
-    parser = record_parser(__doc__, "tweets", samples=200, temp=0.8, max_length=400,
-                           cap_help="cap per sampled tweet (above 280 on purpose)")  # fmt: skip
+    parser = record_parser(
+        __doc__,
+        "tweets",
+        samples=200,
+        temp=0.8,
+        max_length=400,
+        cap_help="cap per sampled tweet (above 280 on purpose)",
+    )
     args = parser.parse_args()
     if not TWEETS.exists():
         sys.exit(f"{TWEETS} not found (the shared reference data)")
@@ -57,14 +64,22 @@ def main() -> None:
     verbatim = [s for s in ended if s in corpus_set]
 
     print()
-    print(f"| figure | charlstm, {args.time:g} s training, {args.samples} samples at temperature {args.temp:g} | reference, same run |")
+    print(
+        f"| figure | charlstm, {args.time:g} s training, {args.samples} samples at temperature {args.temp:g} | reference, same run |"
+    )
     print("| --- | --- | --- |")
     print(f"| val loss, nats/char | {run['best_val_loss']:.4f} ({run['best_val_bits_per_char']:.3f} bits/char) | |")
     print(f"| records (tweets) in the corpus | | {run['records']:,}; lengths {run['record_lengths']} |")
     print(f"| sampled tweets that end by themselves | {len(ended) / len(samples):.1%} | |")
-    print(f"| ... within 280 characters | {len(within) / len(samples):.1%} | {sum(len(t) <= 280 for t in tweets) / len(tweets):.1%} of corpus tweets are <= 280 |")
-    print(f"| length distribution (ended samples vs corpus) | {distribution([len(s) for s in ended])} | {distribution([len(t) for t in tweets])} |")
-    print(f"| sampled tweets found verbatim in the corpus | {len(verbatim) / max(1, len(ended)):.1%} ({len(verbatim)} of {len(ended)}) | {val_repeats:.1%} of validation tweets repeat a training tweet |")
+    print(
+        f"| ... within 280 characters | {len(within) / len(samples):.1%} | {sum(len(t) <= 280 for t in tweets) / len(tweets):.1%} of corpus tweets are <= 280 |"
+    )
+    print(
+        f"| length distribution (ended samples vs corpus) | {distribution([len(s) for s in ended])} | {distribution([len(t) for t in tweets])} |"
+    )
+    print(
+        f"| sampled tweets found verbatim in the corpus | {len(verbatim) / max(1, len(ended)):.1%} ({len(verbatim)} of {len(ended)}) | {val_repeats:.1%} of validation tweets repeat a training tweet |"
+    )
     print(f"| steps, training chars/s | {run['step']:,}, {run['chars_per_second']:,.0f} | |")
     print()
     print("three samples:")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from .errors import CharlstmError
 
@@ -27,10 +29,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        except OSError:
-            pass
         os_error = _os_error_in(exc)
         if os_error is not None:
             raise CharlstmError(f"could not save {path}: {reason(os_error)}; the previous file is unchanged") from None

@@ -34,9 +34,12 @@ def _owning(value: Any, seen: set[int]) -> Any:
             value = value.detach()
         storage = value.untyped_storage()
         owns = (
-            value.layout == torch.strided and value.storage_offset() == 0 and value.is_contiguous()
-            and storage.nbytes() == value.numel() * value.element_size() and storage.data_ptr() not in seen
-        )  # fmt: skip
+            value.layout == torch.strided
+            and value.storage_offset() == 0
+            and value.is_contiguous()
+            and storage.nbytes() == value.numel() * value.element_size()
+            and storage.data_ptr() not in seen
+        )
         if not owns:
             value = value.detach().clone(memory_format=torch.contiguous_format)
         if value.numel():

@@ -117,18 +117,28 @@ def train(
     ] = None,
     glob: Annotated[
         Optional[list[str]],
-        typer.Option(help="Take only the files of a directory that match this pattern, e.g. '*.py'; repeatable. "
-                     "(default: every text file; binary files and hidden folders such as .git/ are skipped)", show_default=False),
+        typer.Option(
+            help="Take only the files of a directory that match this pattern, e.g. '*.py'; repeatable. "
+            "(default: every text file; binary files and hidden folders such as .git/ are skipped)",
+            show_default=False,
+        ),
     ] = None,
     text_field: Annotated[
         Optional[str],
-        typer.Option("--field", help="The CSV/TSV column or JSON Lines key that holds the text; each row is one record.", show_default=False),
+        typer.Option(
+            "--field",
+            help="The CSV/TSV column or JSON Lines key that holds the text; each row is one record.",
+            show_default=False,
+        ),
     ] = None,
     records: Annotated[
         Optional[str],
-        typer.Option(help="What one record is in plain text files: file, paragraph (blank-line separated) or none. "
-                     "Each record ends with an end-of-record marker the model learns. (default: auto = file for a "
-                     "directory, rows for CSV/JSONL, none for text files)", show_default=False),
+        typer.Option(
+            help="What one record is in plain text files: file, paragraph (blank-line separated) or none. "
+            "Each record ends with an end-of-record marker the model learns. (default: auto = file for a "
+            "directory, rows for CSV/JSONL, none for text files)",
+            show_default=False,
+        ),
     ] = None,
     out_dir: Annotated[
         Optional[Path],
@@ -144,18 +154,56 @@ def train(
             show_default=False,
         ),
     ] = None,
-    cell: Annotated[Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn." + _default(_M.cell), show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)] = None,
-    embed: Annotated[Optional[int], typer.Option(help="Character embedding width." + _default(_M.embed), show_default=False)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output, in [0, 1)." + _default(_M.dropout), show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams per step." + _default(_T.batch_size), show_default=False)] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per stream per step (the BPTT length)." + _default(_T.seq_len), show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (linear warm-up, then cosine decay over the budget)." + _default(_T.lr), show_default=False)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay." + _default(_T.weight_decay), show_default=False)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm to this (0 = off)." + _default(_T.grad_clip), show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all (counting steps before a resume).", show_default=False)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text.", show_default=False)] = None,
+    cell: Annotated[
+        Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn." + _default(_M.cell), show_default=False)
+    ] = None,
+    layers: Annotated[
+        Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)
+    ] = None,
+    hidden: Annotated[
+        Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)
+    ] = None,
+    embed: Annotated[
+        Optional[int], typer.Option(help="Character embedding width." + _default(_M.embed), show_default=False)
+    ] = None,
+    dropout: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Dropout between layers and before the output, in [0, 1)." + _default(_M.dropout), show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Parallel streams per step." + _default(_T.batch_size), show_default=False)
+    ] = None,
+    seq_len: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Characters per stream per step (the BPTT length)." + _default(_T.seq_len), show_default=False
+        ),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Peak learning rate (linear warm-up, then cosine decay over the budget)." + _default(_T.lr),
+            show_default=False,
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option(help="AdamW weight decay." + _default(_T.weight_decay), show_default=False)
+    ] = None,
+    grad_clip: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Clip the global gradient norm to this (0 = off)." + _default(_T.grad_clip), show_default=False
+        ),
+    ] = None,
+    max_steps: Annotated[
+        Optional[int],
+        typer.Option(help="Stop after this many steps in all (counting steps before a resume).", show_default=False),
+    ] = None,
+    epochs: Annotated[
+        Optional[float], typer.Option(help="Stop after this many passes over the training text.", show_default=False)
+    ] = None,
     max_time: Annotated[
         Optional[str],
         typer.Option(
@@ -165,18 +213,64 @@ def train(
             show_default=False,
         ),
     ] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and save) every this many steps, and at the end." + _default(_T.eval_every), show_default=False)] = None,
-    eval_chars: Annotated[Optional[int], typer.Option(help="Characters each periodic validation scores: a fixed, seeded slice of the validation split (all of it when smaller)." + _default(f"{_T.eval_chars:,}"), show_default=False)] = None,
-    final_eval_chars: Annotated[Optional[int], typer.Option(help="The final evaluation scores the whole validation split, or a seeded slice of this many characters when it is larger." + _default(f"{_T.final_eval_chars:,}"), show_default=False)] = None,
+    eval_every: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Validate (and save) every this many steps, and at the end." + _default(_T.eval_every),
+            show_default=False,
+        ),
+    ] = None,
+    eval_chars: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Characters each periodic validation scores: a fixed, seeded slice of the validation split "
+            "(all of it when smaller)." + _default(f"{_T.eval_chars:,}"),
+            show_default=False,
+        ),
+    ] = None,
+    final_eval_chars: Annotated[
+        Optional[int],
+        typer.Option(
+            help="The final evaluation scores the whole validation split, or a seeded slice of this many "
+            "characters when it is larger." + _default(f"{_T.final_eval_chars:,}"),
+            show_default=False,
+        ),
+    ] = None,
     save_every: Annotated[
         Optional[str],
-        typer.Option(help="Also save latest.pt every N steps, or every duration such as 5m. (default: at each validation)", show_default=False),
+        typer.Option(
+            help="Also save latest.pt every N steps, or every duration such as 5m. (default: at each validation)",
+            show_default=False,
+        ),
     ] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help="Share of the text, from its end, held out for validation, in (0, 0.5]." + _default(_T.val_frac), show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (weights, dropout)." + _default(_T.seed), show_default=False)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (auto picks a GPU when there is one)." + _default(_T.device), show_default=False)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, fp32 elsewhere)." + _default(_T.precision), show_default=False)] = None,
-    encoding: Annotated[Optional[str], typer.Option(help="Text encoding of the corpus, e.g. latin-1." + _default(_T.encoding), show_default=False)] = None,
+    val_frac: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Share of the text, from its end, held out for validation, in (0, 0.5]." + _default(_T.val_frac),
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Random seed (weights, dropout)." + _default(_T.seed), show_default=False)
+    ] = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto, cpu, cuda or mps (auto picks a GPU when there is one)." + _default(_T.device),
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, fp32 elsewhere)." + _default(_T.precision),
+            show_default=False,
+        ),
+    ] = None,
+    encoding: Annotated[
+        Optional[str],
+        typer.Option(help="Text encoding of the corpus, e.g. latin-1." + _default(_T.encoding), show_default=False),
+    ] = None,
     compile: Annotated[
         Optional[bool],
         typer.Option(
@@ -270,24 +364,59 @@ def sample(
     ] = None,
     temp: Annotated[
         str,
-        typer.Option("--temp", "-t", help="Sampling temperature; 0 = always the most likely character. A list such as "
-                     "0.5,0.8,1.0 prints samples for each temperature, labelled."),
+        typer.Option(
+            "--temp",
+            "-t",
+            help="Sampling temperature; 0 = always the most likely character. A list such as "
+            "0.5,0.8,1.0 prints samples for each temperature, labelled.",
+        ),
     ] = str(_S.temperature),
     length: Annotated[
         int,
-        typer.Option("--length", "--max-length", "-n", help="Characters to generate per sample at most (a model "
-                     "trained on records ends each record itself, usually sooner)."),
+        typer.Option(
+            "--length",
+            "--max-length",
+            "-n",
+            help="Characters to generate per sample at most (a model "
+            "trained on records ends each record itself, usually sooner).",
+        ),
     ] = _S.length,
-    prime: Annotated[str, typer.Option(help="Text fed through the model first, then printed (with records: how each record starts).", show_default=False)] = _S.prime,
+    prime: Annotated[
+        str,
+        typer.Option(
+            help="Text fed through the model first, then printed (with records: how each record starts).",
+            show_default=False,
+        ),
+    ] = _S.prime,
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely characters (0 = off).")] = _S.top_k,
-    top_p: Annotated[float, typer.Option(help="Sample only from the most likely characters whose probabilities add up to p (1 = off).")] = _S.top_p,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text. (default: random)", show_default=False)] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples (e.g. records: tweets, files) to generate together as one batch.")] = _S.num_samples,
-    stop: Annotated[Optional[list[str]], typer.Option(help="End a sample when this text appears (not printed); repeatable.", show_default=False)] = None,
+    top_p: Annotated[
+        float,
+        typer.Option(help="Sample only from the most likely characters whose probabilities add up to p (1 = off)."),
+    ] = _S.top_p,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(help="Random seed: the same seed gives the same text. (default: random)", show_default=False),
+    ] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            "--num-samples", "-N", help="Samples (e.g. records: tweets, files) to generate together as one batch."
+        ),
+    ] = _S.num_samples,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option(help="End a sample when this text appears (not printed); repeatable.", show_default=False),
+    ] = None,
     out_format: Annotated[
-        str, typer.Option("--format", help="text (samples separated by labelled lines) or jsonl (one JSON object per sample).")
+        str,
+        typer.Option(
+            "--format", help="text (samples separated by labelled lines) or jsonl (one JSON object per sample)."
+        ),
     ] = "text",
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the samples to this file instead of the terminal.", show_default=False)] = None,
+    out_file: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Write the samples to this file instead of the terminal.", show_default=False),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
@@ -312,7 +441,9 @@ def sample(
             path = rundir.find_latest_run()
         loaded = load_model(path, pick_device(device))
         check_prime(loaded.vocab, config.prime)
-        err.print(render.sampling_header(loaded.path, loaded.payload.get("progress") or {}), markup=False, soft_wrap=True)
+        err.print(
+            render.sampling_header(loaded.path, loaded.payload.get("progress") or {}), markup=False, soft_wrap=True
+        )
         if config.seed is None:  # one seed for every temperature, so that they differ by temperature alone
             config.seed = int.from_bytes(os.urandom(4), "little")
         if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:

@@ -77,7 +77,9 @@ class TrainConfig:
     min_lr_frac: float = 0.05  # the schedule decays to lr * min_lr_frac
     max_steps: int | None = None  # stop after this many steps (total for the run)
     epochs: float | None = None  # stop after this many passes over the training split
-    max_time: float | None = None  # stop after this many seconds of the run's wall clock (validations and saves included)
+    max_time: float | None = (
+        None  # stop after this many seconds of the run's wall clock (validations and saves included)
+    )
     eval_every: int = 250  # steps between validations
     eval_chars: int = 65_536  # characters a periodic validation scores (a fixed, seeded slice of the split)
     final_eval_chars: int = 524_288  # the final evaluation scores the whole split, or this many of it if larger
@@ -151,7 +153,18 @@ def _positive(name: str, value: int | float) -> None:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600, "hrs": 3600, "d": 86400}
+_UNIT_SECONDS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "d": 86400,
+}
 
 
 def parse_duration(text: str, flag: str = "--max-time") -> float:
@@ -169,7 +182,7 @@ def format_duration(seconds: float | None) -> str:
     """12s, 4m05s, 1h02m: the inverse of parse_duration, short and exact enough for a progress line."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -194,7 +207,9 @@ def parse_temperatures(text: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise CharlstmError(f"--temp: cannot read {part.strip()!r} as a number; use e.g. 0.8 or 0.5,0.8,1.0") from None
+            raise CharlstmError(
+                f"--temp: cannot read {part.strip()!r} as a number; use e.g. 0.8 or 0.5,0.8,1.0"
+            ) from None
         if not (value >= 0 and math.isfinite(value)):
             raise CharlstmError(f"--temp must be >= 0, got {part.strip()}")
         temperatures.append(value)
@@ -228,4 +243,3 @@ def _has_type(value: Any, annotation: str | type) -> bool:
         if fits:
             return True
     return False
-

@@ -11,9 +11,9 @@ import os
 import re
 import sys
 import sysconfig
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 from .config import CorpusConfig
 from .errors import CharlstmError
@@ -222,7 +222,9 @@ def scan_directory(root: Path, globs: list[str], encoding: str) -> tuple[list[Pa
 def _glob_matches(relative: str, name: str, pattern: str) -> bool:
     """'*.py' matches by name, 'sub/*.py' any path ending so, 'src/**' by the whole relative path."""
     pattern = pattern.removeprefix("**/")
-    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relative, pattern) or PurePosixPath(relative).match(pattern)
+    return (
+        fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relative, pattern) or PurePosixPath(relative).match(pattern)
+    )
 
 
 def default_corpus(max_chars: int = 3_000_000) -> Corpus:

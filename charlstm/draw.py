@@ -9,7 +9,7 @@ within float32 rounding of a CDF boundary (tests/test_steppers.py compares them)
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -44,14 +44,18 @@ def choose(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return ids.clamp_(max=probs.size(-1) - 1)
 
 
-def draw_ids(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+def draw_ids(
+    logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
     """Next ids (N,) from logits (N, V); temperature 0 is greedy (its uniforms are drawn but unused)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
     return choose(filter_logits(logits, temperature, top_k, top_p), uniforms.to(logits.device))
 
 
-def draw_ids_numpy(logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+def draw_ids_numpy(
+    logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k: int, top_p: float
+) -> np.ndarray:
     """`draw_ids` in NumPy: float32 logits (N, V), float64 uniforms (N,) -> int64 ids (N,).
 
     Filters in float64 (torch filters in float32: the two differ in the last bits only) and skips the
@@ -115,7 +119,9 @@ def _draw_one(logits: np.ndarray, uniform: float, temperature: float) -> np.ndar
     return np.array([min(index, logits.shape[0] - 1)])
 
 
-def uniform_chunks(rng: torch.Generator, num_samples: int, rows: int, chunk: int = UNIFORM_CHUNK) -> Iterator[torch.Tensor]:
+def uniform_chunks(
+    rng: torch.Generator, num_samples: int, rows: int, chunk: int = UNIFORM_CHUNK
+) -> Iterator[torch.Tensor]:
     """`rows` rows of (num_samples,) uniforms, `chunk` rows at a time: (k, N) tensors on the CPU.
 
     torch's CPU generator fills a tensor element by element, so this is the very same stream as

@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -60,7 +61,11 @@ class ConsoleProgress:
     """Renders trainer events on `stream` (stderr): a bar on a terminal, plain lines otherwise."""
 
     def __init__(
-        self, stream: TextIO | None = None, tty: bool | None = None, line_every: float | None = None, quiet: bool = False
+        self,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        line_every: float | None = None,
+        quiet: bool = False,
     ):
         """`quiet`: notes and signals only (no bar, no progress or validation lines)."""
         self.stream = stream or sys.stderr
@@ -100,8 +105,12 @@ class ConsoleProgress:
             self.write(data["text"])
 
     def _desc(self) -> str:
-        return {"training": "train", "validating": "validating…", "saving": "saving…",
-                "final evaluation": "final evaluation…"}.get(self.phase, self.phase)  # fmt: skip
+        return {
+            "training": "train",
+            "validating": "validating…",
+            "saving": "saving…",
+            "final evaluation": "final evaluation…",
+        }.get(self.phase, self.phase)
 
     def _postfix(self, data: dict[str, Any]) -> str:
         loss = data.get("loss")

@@ -103,11 +103,13 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("checkpoint", str(data["checkpoint"])))
     rows += _corpus_rows(data)
     model = data.get("model_config") or {}
-    rows.append((
-        "model",
-        f"{model.get('cell', '?')}, {model.get('layers', '?')} x {model.get('hidden', '?')}, "
-        f"embedding {model.get('embed', '?')}, dropout {model.get('dropout', 0):g}",
-    ))  # fmt: skip
+    rows.append(
+        (
+            "model",
+            f"{model.get('cell', '?')}, {model.get('layers', '?')} x {model.get('hidden', '?')}, "
+            f"embedding {model.get('embed', '?')}, dropout {model.get('dropout', 0):g}",
+        )
+    )
     if data.get("params") is not None:
         rows.append(("  parameters", f"{data['params']:,}"))
     train = data.get("train_config") or {}
@@ -116,15 +118,20 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         if train.get(key):
             budget.append(f"{flag} {format_duration(train[key]) if key == 'max_time' else train[key]}")
     rows.append(("budget", " or ".join(budget) or "-"))
-    rows.append((
-        "training",
-        f"batch {train.get('batch_size', '?')} x {train.get('seq_len', '?')}, lr {train.get('lr', 0):g}, "
-        f"eval every {train.get('eval_every', '?')} steps",
-    ))  # fmt: skip
-    rows.append((
-        "progress",
-        f"step {data.get('step', 0):,}, epoch {data.get('epoch', 0)}, {data.get('chars_seen', 0):,} characters seen",
-    ))  # fmt: skip
+    rows.append(
+        (
+            "training",
+            f"batch {train.get('batch_size', '?')} x {train.get('seq_len', '?')}, lr {train.get('lr', 0):g}, "
+            f"eval every {train.get('eval_every', '?')} steps",
+        )
+    )
+    rows.append(
+        (
+            "progress",
+            f"step {data.get('step', 0):,}, epoch {data.get('epoch', 0)}, "
+            f"{data.get('chars_seen', 0):,} characters seen",
+        )
+    )
     elapsed, seconds = data.get("elapsed_seconds"), data.get("train_seconds") or 0.0
     time_text = f"{format_duration(elapsed)} wall clock, " if elapsed is not None else ""
     speed = data.get("chars_per_second", 0)

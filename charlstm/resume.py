@@ -177,7 +177,9 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                raise CharlstmError(f"optimizer {key} has shape {tuple(value.shape)} for a weight of {tuple(param.shape)}")
+                raise CharlstmError(
+                    f"optimizer {key} has shape {tuple(value.shape)} for a weight of {tuple(param.shape)}"
+                )
 
 
 def _hidden_fits(hidden: list, config: ModelConfig, batch: int) -> bool:
@@ -188,10 +190,14 @@ def _hidden_fits(hidden: list, config: ModelConfig, batch: int) -> bool:
     if not isinstance(hidden, list) or not all(isinstance(h, torch.Tensor) for h in hidden):
         raise CharlstmError("its hidden state is not a list of tensors")
     if any(h.dim() != 3 for h in hidden):
-        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, not (layers, batch, hidden)")
+        raise CharlstmError(
+            f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, not (layers, batch, hidden)"
+        )
     if hidden[0].shape[1] != batch:
         return False
     expected = [(config.layers, batch, config.hidden)] * (2 if config.cell == "lstm" else 1)
     if [tuple(h.shape) for h in hidden] != expected:
-        raise CharlstmError(f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, the model needs {expected}")
+        raise CharlstmError(
+            f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, the model needs {expected}"
+        )
     return True

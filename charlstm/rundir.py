@@ -1,15 +1,16 @@
 """The run directory: what a run writes where, and finding runs and their checkpoints again.
 
-    latest.pt      the newest checkpoint (resume from here)
-    best.pt        the checkpoint with the lowest periodic validation loss (sample from here)
-    run.json       config, sizes, progress and losses, human readable
-    metrics.jsonl  one line per validation
-    train.lock     held by the process training the run (runlock.py)
-    corpus.*       the encoded corpus of a large corpus (tokencache.py)
+latest.pt      the newest checkpoint (resume from here)
+best.pt        the checkpoint with the lowest periodic validation loss (sample from here)
+run.json       config, sizes, progress and losses, human readable
+metrics.jsonl  one line per validation
+train.lock     held by the process training the run (runlock.py)
+corpus.*       the encoded corpus of a large corpus (tokencache.py)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -51,10 +52,8 @@ def prepare_run_dir(run_dir: Path) -> None:
         ) from None
     for name in (LATEST, BEST, RUN_JSON, METRICS):
         for stale in temporary_files(run_dir / name):
-            try:
+            with contextlib.suppress(OSError):
                 stale.unlink()
-            except OSError:
-                pass
 
 
 def is_run_dir(path: Path) -> bool:
@@ -80,9 +79,7 @@ def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
     root = Path(root)
     candidates = [p.parent for p in root.glob(f"*/{LATEST}")] + [p.parent for p in root.glob(f"*/{BEST}")]
     if not candidates:
-        raise CharlstmError(
-            f"no trained model found under {root}/; train one first, e.g. `charlstm train corpus.txt`"
-        )
+        raise CharlstmError(f"no trained model found under {root}/; train one first, e.g. `charlstm train corpus.txt`")
     return max(set(candidates), key=lambda run: max(f.stat().st_mtime for f in run.glob("*.pt")))
 
 
@@ -128,7 +125,6 @@ def _last_byte(path: Path) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1)
-
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:

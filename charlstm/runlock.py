@@ -14,6 +14,7 @@ Where there is no `fcntl` (Windows) or the filesystem refuses locks, training go
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -84,7 +85,9 @@ class RunLock:
             raise CharlstmError(_busy_message(run_dir, path)) from None
         except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without locks (some network or FUSE mounts)
             os.close(fd)
-            return cls(path, note=f"cannot lock {path} ({exc.strerror or exc}): nothing stops a second trainer of this run")
+            return cls(
+                path, note=f"cannot lock {path} ({exc.strerror or exc}): nothing stops a second trainer of this run"
+            )
         _write_holder(fd)
         lock = cls(path, fd)
         with _held_guard:
@@ -105,10 +108,10 @@ class RunLock:
             key = os.path.realpath(self.path)
             if _held.get(key) is self:
                 del _held[key]
-        try:
-            os.ftruncate(fd, 0)  # emptied before unlocking: the next holder's readers never see these details
-        except OSError:
-            pass  # read-only descriptor (a lock file owned by someone else): the details were never ours
+        # emptied before unlocking: the next holder's readers never see these details (an OSError: a read-only
+        # descriptor, a lock file owned by someone else, whose details were never ours)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -147,7 +150,9 @@ def _make_run_dir(run_dir: Path) -> None:
     except FileExistsError:
         raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
     except OSError as exc:
-        raise CharlstmError(f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out") from None
+        raise CharlstmError(
+            f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
+        ) from None
 
 
 def _open_lock_file(run_dir: Path, path: Path) -> int:
@@ -212,9 +217,11 @@ def _busy_message(run_dir: Path, path: Path) -> str:
     pid, host = _shown(info.get("pid"), 20), _shown(info.get("host", "?"), 80)
     started = _shown(str(info.get("started", "?")).replace("T", " "), 40)
     command = _shown(info.get("command"), _MAX_SHOWN)
-    return f"{run_dir} is being trained by process {pid} on {host} since {started}" + (
-        f" ({command}); " if command else "; "
-    ) + advice
+    return (
+        f"{run_dir} is being trained by process {pid} on {host} since {started}"
+        + (f" ({command}); " if command else "; ")
+        + advice
+    )
 
 
 def _shown(value: Any, most: int) -> str:

@@ -113,7 +113,7 @@ def _walk(payload: Any) -> list[tuple[TensorSpec, Any, Any]]:
         key, child = item
         if type(child) in SCALARS:
             continue
-        child_path = path + (key,)
+        child_path = (*path, key)
         inner = enter(child, child_path, container, key)
         if inner is not None:
             if len(child_path) > MAX_DEPTH:

@@ -117,7 +117,7 @@ def open_archive(handle: BinaryIO) -> Archive:
     entries, cd_offset, _ = _directory_bounds(handle, size)
     try:
         infos = zipfile.ZipFile(handle).infolist()
-    except Exception:  # noqa: BLE001  (BadZipFile, struct.error, ValueError, UnicodeDecodeError...: damaged directory)
+    except Exception:
         raise CorruptCheckpoint("its zip directory is damaged") from None
     if len(infos) != entries or not infos:
         raise CorruptCheckpoint("its zip directory does not hold the entries its end record counts")
@@ -127,7 +127,7 @@ def open_archive(handle: BinaryIO) -> Archive:
     for info in infos:
         if not info.filename.startswith(prefix) or info.filename == prefix:
             raise CorruptCheckpoint("its entries are not all in one folder")
-        name = info.filename[len(prefix):]
+        name = info.filename[len(prefix) :]
         if name in records:
             raise CorruptCheckpoint(f"it holds two entries named {name[:80]!r}")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
@@ -137,7 +137,7 @@ def open_archive(handle: BinaryIO) -> Archive:
         local = read_at(handle, info.header_offset, 30) if info.header_offset + 30 <= size else b""
         if len(local) != 30 or local[:4] != b"PK\x03\x04":
             raise CorruptCheckpoint("an entry's local header is missing")
-        method, = struct.unpack("<H", local[8:10])
+        (method,) = struct.unpack("<H", local[8:10])
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         if method != zipfile.ZIP_STORED:
             raise CorruptCheckpoint(f"its entry {name[:80]!r} is compressed ({STORED})")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -73,7 +73,9 @@ def generate(
     # before any uniform, identically whatever the stepper), so that a record starts as it did in training
     initial = _pick_start_states(loaded, n, rng) if eor is not None and start != "zeros" else None
     if initial is None and start == "states":
-        raise CharlstmError(f"{loaded.path} has no record start states (a model without records, or an older checkpoint)")
+        raise CharlstmError(
+            f"{loaded.path} has no record start states (a model without records, or an older checkpoint)"
+        )
 
     # what the model reads first: the prime (after a start-of-record marker, so that it starts a record),
     # else the marker or a newline alone (neither printed)
@@ -139,8 +141,10 @@ def _pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> Sta
     count = stored[0].size(1)  # K
     expected = [(config.layers, count, config.hidden)] * (2 if config.cell == "lstm" else 1)
     if [tuple(t.shape) for t in stored] != expected or count < 1:  # the loader checks this too; never a traceback
-        raise CharlstmError(f"{loaded.path}: its start states have shapes {[tuple(t.shape) for t in stored]}, "
-                            f"the model needs {expected}")  # fmt: skip
+        raise CharlstmError(
+            f"{loaded.path}: its start states have shapes {[tuple(t.shape) for t in stored]}, "
+            f"the model needs {expected}"
+        )
     choice = torch.randint(count, (n,), generator=rng)  # (N,): which stored state each sample starts from
     picked = [t.float()[:, choice].contiguous() for t in stored]  # (layers, N, H) each
     return (picked[0], picked[1]) if config.cell == "lstm" else picked[0]

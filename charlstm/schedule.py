@@ -93,9 +93,13 @@ def budget_reason(config: TrainConfig, progress: Progress, num_targets: int) -> 
 
 
 def remaining_seconds(
-    config: TrainConfig, progress: Progress, num_targets: int, session_seconds: float, session_steps: int,
+    config: TrainConfig,
+    progress: Progress,
+    num_targets: int,
+    session_seconds: float,
+    session_steps: int,
     session_chars: int,
-) -> float | None:  # fmt: skip
+) -> float | None:
     """Time left until the budget that will stop the run first, at this session's pace (validations and saves
     included)."""
     estimates = []
@@ -146,7 +150,11 @@ def replan(saved: TrainConfig, config: TrainConfig, progress: Progress, num_targ
     change = f"budget {budget_text(saved)} -> {budget_text(config)}"
     if saved.lr != config.lr:
         change += f", --lr {saved.lr:g} -> {config.lr:g}"
-    progress.ramp_from, progress.ramp_to, progress.ramp_lr = new_fraction, min(1.0, new_fraction + config.warmup_frac), was
+    progress.ramp_from, progress.ramp_to, progress.ramp_lr = (
+        new_fraction,
+        min(1.0, new_fraction + config.warmup_frac),
+        was,
+    )
     return (
         f"{change} ({new_fraction:.0%} of it used): the learning-rate schedule is re-planned for the new budget; "
         f"the rate goes from {was:.2e} to {planned_lr(config, progress.ramp_to):.2e} over the next "

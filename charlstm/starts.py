@@ -68,7 +68,9 @@ def record_start_states(
     finally:
         model.train(was_training)
     parts = len(columns[0])
-    return [torch.cat([col[p] for col in columns], dim=1).float().cpu().contiguous() for p in range(parts)]  # (layers, K, H)
+    return [
+        torch.cat([col[p] for col in columns], dim=1).float().cpu().contiguous() for p in range(parts)
+    ]  # (layers, K, H)
 
 
 def _marker_positions(ids, end_of_record: int, k: int, rng: np.random.Generator) -> np.ndarray:

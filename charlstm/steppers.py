@@ -18,7 +18,7 @@ zeros or from a given state (a record start state, see charlstm/starts.py), befo
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -157,7 +157,6 @@ class NumpyLSTMStepper(_NumpyStepper):
         (inputs..., out)). Looping over this list costs less Python than the same code written out."""
         ops = []
         for layer in self.layers:
-            H = layer.hidden
             if layer.index > 0:
                 ops += _matmul(layer.input, layer.weight, layer.gates)  # (N, 2H) @ (2H, 4H)
                 ops += [(np.add, (layer.gates, layer.bias, layer.gates))]
@@ -168,7 +167,7 @@ class NumpyLSTMStepper(_NumpyStepper):
         return ops
 
     @staticmethod
-    def _tanh_cell(layer: "_NumpyLSTMLayer") -> list[tuple]:
+    def _tanh_cell(layer: _NumpyLSTMLayer) -> list[tuple]:
         """The cell from gates o i f (halved) and g: one NumPy tanh for the four gates, one for c."""
         H = layer.hidden
         return [
@@ -182,7 +181,7 @@ class NumpyLSTMStepper(_NumpyStepper):
         ]
 
     @staticmethod
-    def _sigmoid_cell(layer: "_NumpyLSTMLayer") -> list[tuple]:
+    def _sigmoid_cell(layer: _NumpyLSTMLayer) -> list[tuple]:
         """The cell from gates o i f and g (doubled): one in-place torch sigmoid for the four gates, one for c,
         on torch views of the NumPy buffers; tanh(x) = 2 sigmoid(2x) - 1 (torch on one thread: see sample_ids)."""
         H = layer.hidden
@@ -222,7 +221,12 @@ class _NumpyLSTMLayer:
         self.h = hs[:, layer * H : (layer + 1) * H]
         buffer = np.zeros((n, 5 * H), np.float32)  # [o, i, f, g, c]
         self.gates, self.c = buffer[:, : 4 * H], buffer[:, 4 * H :]
-        self.oif, self.o, self.i_f, self.g_c = buffer[:, : 3 * H], buffer[:, :H], buffer[:, H : 3 * H], buffer[:, 3 * H :]
+        self.oif, self.o, self.i_f, self.g_c = (
+            buffer[:, : 3 * H],
+            buffer[:, :H],
+            buffer[:, H : 3 * H],
+            buffer[:, 3 * H :],
+        )
         self.g = buffer[:, 3 * H : 4 * H]
         self.products = np.zeros((n, 2 * H), np.float32)
         self.scratch = np.zeros((n, H), np.float32)
@@ -434,4 +438,3 @@ def _clone_state(state: State) -> State:
 def _copy_state(into: State, source: State) -> None:
     for dst, src in zip(into, source) if isinstance(into, tuple) else [(into, source)]:
         dst.copy_(src)
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import CharlstmError
 from .textio import BINARY_HEAD, check_binary, encoding_error, is_utf8, unknown_encoding

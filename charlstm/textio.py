@@ -4,8 +4,8 @@ or not in the encoding asked for, becomes an error (and the one place that sugge
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CharlstmError
 
@@ -65,7 +65,9 @@ def decode_bytes(raw: bytes, where: str, encoding: str = "utf-8") -> str:
         raise unknown_encoding(encoding) from None
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise encoding_error(where, encoding, f"byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})") from None
+        raise encoding_error(
+            where, encoding, f"byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})"
+        ) from None
     if text.startswith("\ufeff"):  # byte-order mark
         text = text[1:]
     return text.replace("\r\n", "\n")
@@ -115,7 +117,9 @@ def read_text_chunks(path: Path, encoding: str = "utf-8", chunk_bytes: int | Non
             except UnicodeDecodeError as exc:
                 at = offset - len(held) + exc.start
                 byte = (held + raw)[exc.start]
-                raise encoding_error(path, encoding, f"byte 0x{byte:02x} at offset {at} (line {_line_at(path, at)})") from None
+                raise encoding_error(
+                    path, encoding, f"byte 0x{byte:02x} at offset {at} (line {_line_at(path, at)})"
+                ) from None
             if at_start and text:
                 text, at_start = text.removeprefix("\ufeff"), False
             if held_cr:

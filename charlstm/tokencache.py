@@ -5,9 +5,10 @@ and the vocabulary are unchanged; checked before reuse (anyone may have edited t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +173,10 @@ def _load_record_lengths(path: Path, meta: dict) -> tuple[np.ndarray | None, str
     lengths = np.array(mapped, dtype=np.int64)  # each <= chars, so the sum cannot overflow
     del mapped
     if int(lengths.sum()) != chars:
-        return None, f"{path.name}: the lengths sum to {int(lengths.sum()):,} where corpus.json says {chars:,} characters"
+        return (
+            None,
+            f"{path.name}: the lengths sum to {int(lengths.sum()):,} where corpus.json says {chars:,} characters",
+        )
     return lengths, None
 
 
@@ -186,7 +190,9 @@ def remove(cache_dir: Path) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise CharlstmError(f"cannot rebuild the encoded corpus: cannot remove {cache_dir / name}: {exc.strerror or exc}") from None
+            raise CharlstmError(
+                f"cannot rebuild the encoded corpus: cannot remove {cache_dir / name}: {exc.strerror or exc}"
+            ) from None
 
 
 def write(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import time
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,9 @@ from .textio import READ_CHUNK
 from .vocab import Vocab, show_chars, token_dtype
 
 CACHE_OVER_BYTES = 32 << 20  # corpus files larger than this in all are encoded once into a cache file in the run
-IN_MEMORY_TOKENS = 256 << 20  # an encoded corpus up to this many bytes is loaded (and moved to the GPU); larger: memory-mapped
+IN_MEMORY_TOKENS = (
+    256 << 20
+)  # an encoded corpus up to this many bytes is loaded (and moved to the GPU); larger: memory-mapped
 
 
 def split_train_val(
@@ -114,7 +117,9 @@ def _distinct_codepoints(text: str) -> np.ndarray:
     return found
 
 
-def encode_corpus(corpus: Corpus, vocab: Vocab, write: Callable[[np.ndarray], object], chunk: int | None = None) -> None:
+def encode_corpus(
+    corpus: Corpus, vocab: Vocab, write: Callable[[np.ndarray], object], chunk: int | None = None
+) -> None:
     """The second pass: ids in the smallest dtype, an end-of-record id after each record, written chunk by chunk."""
     dtype, eor = token_dtype(len(vocab)), vocab.end_of_record
     for text, ends in _batches(corpus.pieces(), chunk or READ_CHUNK):
@@ -144,9 +149,13 @@ class TokenData:
         return {
             "chars": self.chars,
             "records": None if lengths is None else len(lengths),
-            "record_lengths": None if lengths is None or not len(lengths) else {
-                "min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max()),
-            },  # fmt: skip
+            "record_lengths": None
+            if lengths is None or not len(lengths)
+            else {
+                "min": int(lengths.min()),
+                "median": float(np.median(lengths)),
+                "max": int(lengths.max()),
+            },
         }
 
 
@@ -186,7 +195,9 @@ def prepare_tokens(
                 data.notes = [f"reusing the encoded corpus {data.cache} (sources unchanged)"]
                 return data
         if problem:
-            notes.append(f"the encoded corpus in {cache_dir} is damaged ({problem}); encoding it again from the sources")
+            notes.append(
+                f"the encoded corpus in {cache_dir} is damaged ({problem}); encoding it again from the sources"
+            )
     started = time.perf_counter()
     scan = scan_corpus(corpus, chunk)
     if scan.chars == 0:
@@ -208,8 +219,13 @@ def prepare_tokens(
         data.encode_seconds = time.perf_counter() - started
         return data
     meta = tokencache.write(
-        cache_dir, lambda write: encode_corpus(corpus, vocab, write, chunk), vocab, lengths, fingerprint,
-        scan.tokens, scan.chars,
+        cache_dir,
+        lambda write: encode_corpus(corpus, vocab, write, chunk),
+        vocab,
+        lengths,
+        fingerprint,
+        scan.tokens,
+        scan.chars,
     )
     encode_seconds = time.perf_counter() - started
     megabytes = corpus.num_bytes() / 1e6
@@ -236,7 +252,8 @@ def _vocab_for(scan: CorpusScan, records: bool, vocab: Vocab | None) -> Vocab:
     unknown = vocab.unknown("".join(chars))
     if unknown:
         raise CharlstmError(
-            f"cannot resume: the corpus has {len(unknown)} character(s) not in the checkpoint's vocabulary: {show_chars(unknown)}"
+            f"cannot resume: the corpus has {len(unknown)} character(s) not in the checkpoint's vocabulary: "
+            f"{show_chars(unknown)}"
         )
     if records and vocab.end_of_record is None:
         raise CharlstmError(

@@ -5,8 +5,9 @@ Ctrl-C/SIGTERM from the first moment, and runs the Trainer. Under `torchrun` eve
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import distributed, resume, rundir
 from .config import CorpusConfig, ModelConfig, TrainConfig
@@ -66,9 +67,16 @@ def train(
                 _make_room(run_dir, overwrite, main)
                 train_config = with_default_budget(train_config)
             trainer = Trainer(
-                corpus, model_config, train_config, run_dir, resumed, explicit,
-                on_event=on_event, clock_start=clock_start, signals=signals,
-            )  # fmt: skip
+                corpus,
+                model_config,
+                train_config,
+                run_dir,
+                resumed,
+                explicit,
+                on_event=on_event,
+                clock_start=clock_start,
+                signals=signals,
+            )
             result = trainer.train(should_stop=should_stop)
     except BaseException:
         # leave the group without waiting: the other ranks may never arrive (torchrun stops them); a process

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -201,9 +202,7 @@ class Trainer:
             return None
         # 128 characters of context: on trained models, the first-character distribution from these states
         # matched that of 1,024-character contexts (benchmarks/record_starts.py runs), at an eighth of the cost
-        return record_start_states(
-            self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed
-        )
+        return record_start_states(self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed)
 
     def _all_rows_hidden(self) -> list[torch.Tensor]:
         """The carried state of all B stream rows, gathered from every rank, as CPU tensors."""
@@ -444,9 +443,13 @@ class Trainer:
             if stopped_by is None and signalled:
                 stopped_by = "interrupt"
             remaining = remaining_seconds(
-                c, p, streams.num_targets, time.perf_counter() - session_started, p.step - session_step,
+                c,
+                p,
+                streams.num_targets,
+                time.perf_counter() - session_started,
+                p.step - session_step,
                 p.chars_seen - session_chars,
-            )  # fmt: skip
+            )
             if stopped_by in ("max_steps", "max_time", "epochs"):
                 self._consume(pending)
                 self._evaluate_and_save(final=True)
@@ -469,11 +472,19 @@ class Trainer:
                 if not p.eval_pending and steps_since_save:
                     self._consume(pending)
                     self.save()
-            self.emit("step", {
-                "step": p.step, "fraction": self.budget_fraction(), "loss": self.recent_loss,
-                "chars_per_second": chars_per_second(p.chars_seen, p.train_seconds), "lr": lr,
-                "elapsed": p.elapsed_seconds, "remaining": remaining, "last": stopped_by is not None,
-            })  # fmt: skip
+            self.emit(
+                "step",
+                {
+                    "step": p.step,
+                    "fraction": self.budget_fraction(),
+                    "loss": self.recent_loss,
+                    "chars_per_second": chars_per_second(p.chars_seen, p.train_seconds),
+                    "lr": lr,
+                    "elapsed": p.elapsed_seconds,
+                    "remaining": remaining,
+                    "last": stopped_by is not None,
+                },
+            )
         if stopped_by == "interrupt":
             stopped_by = f"interrupt ({self.signals.received or 'signal to another rank'})"
         return self.result(stopped_by)
@@ -497,7 +508,9 @@ class Trainer:
 
     def _save_due(self, steps: int, seconds: float) -> bool:
         c = self.config
-        return bool((c.save_every and steps >= c.save_every) or (c.save_every_seconds and seconds >= c.save_every_seconds))
+        return bool(
+            (c.save_every and steps >= c.save_every) or (c.save_every_seconds and seconds >= c.save_every_seconds)
+        )
 
 
 def _ignore(kind: str, data: dict[str, Any]) -> None:

@@ -15,8 +15,8 @@ A validation can be cut short (Ctrl-C) between two chunks of `CHUNK` characters:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
