@@ -6,7 +6,6 @@ No ML logic lives here.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import fields, replace
@@ -421,7 +420,7 @@ def sample(
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
     from .device import pick_device
-    from .sample import check_prime, generate, load_model, sample_text
+    from .sample import check_prime, generate, load_model, pick_seed, sample_text
 
     try:
         temperatures = parse_temperatures(temp)
@@ -444,8 +443,7 @@ def sample(
         err.print(
             render.sampling_header(loaded.path, loaded.payload.get("progress") or {}), markup=False, soft_wrap=True
         )
-        if config.seed is None:  # one seed for every temperature, so that they differ by temperature alone
-            config.seed = int.from_bytes(os.urandom(4), "little")
+        config.seed = pick_seed(config.seed)  # one seed for every temperature: they differ by temperature alone
         if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:
             for _, piece in generate(loaded, config):  # stream as it is written
                 sys.stdout.write(piece)

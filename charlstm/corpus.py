@@ -123,10 +123,10 @@ def corpus_name(paths: list[Path] | list[str]) -> str:
 
 def load_corpus(config: CorpusConfig | list[Path], encoding: str = "utf-8") -> Corpus:
     """Check the sources (files, directories, CSV/JSONL) and describe the corpus; the text is read later,
-    in chunks, by `Corpus.pieces`. A list of paths is taken as plain files (the old call)."""
+    in chunks, by `Corpus.pieces`. A list of paths is taken as files
+    and directories with the default settings (a shorthand for scripts and tests)."""
     if not isinstance(config, CorpusConfig):
         config = CorpusConfig(paths=[str(p) for p in config], encoding=encoding)
-    config.validate()
     if not config.paths:
         raise CharlstmError("no corpus given")
     files: list[Path] = []

@@ -59,7 +59,7 @@ def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _optimizer_orders(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
-    """The parameter shapes in the order an optimizer's state indexes them: train.py's two AdamW groups
+    """The parameter shapes in the order an optimizer's state indexes them: trainer.py's two AdamW groups
     (weights that decay: matrices but the embedding; then the rest), or one group in model order."""
     decay = [s for n, s in shapes.items() if len(s) >= 2 and not n.startswith("embed")]
     rest = [s for n, s in shapes.items() if not (len(s) >= 2 and not n.startswith("embed"))]
@@ -94,7 +94,6 @@ def check_model_payload(scanned: Scanned) -> None:
         value = getattr(config, name)
         if value > most:
             raise CharlstmError(f"its config's {name} {value} is beyond any charlstm model (at most {most})")
-    config.validate()
     if not math.isfinite(config.dropout):
         raise CharlstmError("its config's dropout is not a number")
     vocab = payload["vocab"]
@@ -105,8 +104,7 @@ def check_model_payload(scanned: Scanned) -> None:
     if config.vocab_size != len(vocab):
         raise CharlstmError(f"its config says vocab_size {config.vocab_size} but it stores {len(vocab)} characters")
     if payload.get("train_config") is not None:
-        train_config = _bounded_config(TrainConfig, payload["train_config"])
-        train_config.validate()
+        train_config = _bounded_config(TrainConfig, payload["train_config"])  # validated as it is built
         if not 0 <= train_config.seed <= MAX_INT:
             raise CharlstmError(f"its train config's seed {train_config.seed} is out of range")
     shapes = expected_weights(config)
@@ -313,7 +311,7 @@ def _check_corpus(corpus: Any) -> None:
         if depth >= MAX_CORPUS_DEPTH or items > MAX_CORPUS_ITEMS or chars > MAX_CORPUS_CHARS:
             raise CharlstmError("its corpus description is too large or too deeply nested")
         todo.extend((child, depth + 1) for child in children)
-    # the fields a save writes (train.py corpus_summary, data.py summary), typed as the CLI prints them
+    # the fields a save writes (trainer.py corpus_summary, tokens.py TokenData.summary), typed as the CLI prints them
     sources, config, lengths = corpus.get("sources"), corpus.get("config"), corpus.get("record_lengths")
     if sources is not None and (type(sources) is not list or not all(type(s) is str for s in sources)):
         raise CharlstmError("its corpus sources are not a list of paths")
@@ -327,7 +325,7 @@ def _check_corpus(corpus: Any) -> None:
     if lengths is not None and not numbers:
         raise CharlstmError("its corpus record lengths are not numbers")
     if config is not None:
-        from_dict(CorpusConfig, config).validate()
+        from_dict(CorpusConfig, config)  # validated as it is built
 
 
 def check_finite(payload: dict[str, Any]) -> None:

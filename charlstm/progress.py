@@ -76,7 +76,6 @@ class ConsoleProgress:
         self.last_line = 0.0
         self.last_postfix = 0.0
         self.phase = "training"
-        self.step_data: dict[str, Any] = {}
 
     # the trainer's log lines (notes) go through here too, so that they print above the bar
     def write(self, text: str) -> None:
@@ -89,7 +88,6 @@ class ConsoleProgress:
         if self.quiet and kind in ("step", "phase", "validation"):
             return
         if kind == "step":
-            self.step_data = data
             self._step(data)
         elif kind == "phase":
             self.phase = data["phase"]

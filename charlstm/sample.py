@@ -39,6 +39,11 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     return LoadedModel(model=model, vocab=Vocab(vocab_chars), path=file, payload=payload)
 
 
+def pick_seed(seed: int | None) -> int:
+    """The seed a sample is drawn with: the one given, else a fresh random one."""
+    return seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+
+
 def check_prime(vocab: Vocab, prime: str) -> None:
     """A prime must be made of characters the model knows."""
     unknown = vocab.unknown(prime)
@@ -60,14 +65,12 @@ def generate(
     see starts.py) per sample, drawn from the seeded generator, when it has them, else zeros; "states"
     insists on them; "zeros" is the zero state (how every sample started before start states existed).
     """
-    config.validate()
     if start not in STARTS:
         raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     model, vocab = loaded.model, loaded.vocab
     check_prime(vocab, config.prime)
     n = config.num_samples
-    seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-    rng = torch.Generator(device="cpu").manual_seed(seed)
+    rng = torch.Generator(device="cpu").manual_seed(pick_seed(config.seed))
     eor = vocab.end_of_record
     # the state each sample reads the marker from: one of the states training had before a marker (drawn
     # before any uniform, identically whatever the stepper), so that a record starts as it did in training

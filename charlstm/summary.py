@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +144,6 @@ class TrainResult:
     @property
     def world_size(self) -> int:
         return self.summary["world_size"] or 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def summary_of(path: Path) -> dict[str, Any]:
