@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .  # the style pyproject.toml sets
 exec .venv/bin/python -m pytest "$@"
