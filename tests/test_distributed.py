@@ -15,35 +15,30 @@ import torch
 import torch.multiprocessing as mp
 
 from charlstm import checkpoint as ckpt
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm import data as data_module
+from charlstm.config import TrainConfig
 from charlstm.data import Streams, load_corpus
 from charlstm.distributed import Distributed
 from charlstm.errors import CharlstmError
 from charlstm.train import Trainer, train, window_loss_sum
 
-from .conftest import make_text
+from . import helpers
+from .helpers import NO_PROGRESS, QUIET, SILENT_LOG, TINY_RUN_FLAGS, child_env, invoke, tiny_model, write_corpus
 
-QUIET = dict(show_progress=False, log=lambda line: None)
 STEPS = 12
-# the same run through the CLI flags and through the config objects; dropout 0: no randomness in training
-FLAGS = ["--layers", "2", "--hidden", "24", "--embed", "8", "--batch-size", "8", "--seq-len", "16", "--eval-every", "5",
-         "--lr", "5e-3", "--device", "cpu", "-q"]  # fmt: skip
+# the same run through the CLI flags and through the config objects (helpers.tiny_model and tiny_train, on the
+# CPU); dropout 0: no randomness in training
+FLAGS = [*TINY_RUN_FLAGS, "--device", "cpu"]
 TIMEOUT = 600  # generous: a loaded 2-core machine
 
 
-def tiny_model() -> ModelConfig:
-    return ModelConfig(layers=2, hidden=24, embed=8, dropout=0.0)
-
-
 def tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, "device": "cpu", **kw})
+    return helpers.tiny_train(**{"device": "cpu", **kw})
 
 
 @pytest.fixture(scope="module")
 def corpus_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(make_text(1000), encoding="utf-8")  # 8 windows an epoch: 12 steps wrap, padding included
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 1000)  # 8 windows an epoch: 12 steps wrap, padding included
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +47,6 @@ def single_run(corpus_path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
     train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, **QUIET)
     return run
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -115,24 +105,20 @@ def test_compile_flag_compiles_the_loss(tmp_path, corpus_path, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r", log=lambda s: None)
+    trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r", **SILENT_LOG)
     assert compiled == [window_loss_sum] and trainer.loss_sum is window_loss_sum
-    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e", log=lambda s: None).loss_sum is window_loss_sum
+    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e", **SILENT_LOG).loss_sum is window_loss_sum
     assert len(compiled) == 1  # not without the flag
-    trainer.train(show_progress=False)
+    trainer.train(**NO_PROGRESS)
     saved = ckpt.load_checkpoint(tmp_path / "r" / ckpt.LATEST)
     assert saved["train_config"]["compile"] is True
     assert saved["model"].keys() == trainer.model.state_dict().keys()  # the bare module's names, no wrapper prefix
 
 
 def test_compile_flag_on_the_command_line(tmp_path, corpus_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from charlstm.cli import app
-
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, *a, **k: compiled.append(module) or module)
-    result = CliRunner().invoke(app, ["train", str(corpus_path), "--max-steps", "2", "--out", str(tmp_path / "r"), "--compile", *FLAGS])
+    result = invoke("train", corpus_path, "--max-steps", "2", "--out", tmp_path / "r", "--compile", *FLAGS)
     assert result.exit_code == 0, result.output
     assert len(compiled) == 1
     assert ckpt.read_run_json(tmp_path / "r")["train_config"]["compile"] is True
@@ -184,18 +170,16 @@ def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, singl
 
 def _rank_encoding(rank: int, port: int, corpus_path: Path, run: Path, marks: Path) -> None:
     """A rank that caches even a tiny corpus and leaves a mark each time it encodes one."""
-    from charlstm import data
-
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    data.CACHE_OVER_BYTES = 0
-    encode = data.encode_corpus
+    data_module.CACHE_OVER_BYTES = 0
+    encode = data_module.encode_corpus
 
     def marked(*args, **kwargs):
         (marks / f"rank{rank}-{time.monotonic_ns()}").touch()
         return encode(*args, **kwargs)
 
-    data.encode_corpus = marked
+    data_module.encode_corpus = marked
     train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
 
 
@@ -213,15 +197,13 @@ def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, c
 def _rank_that_fails_on_rank_0(rank: int, port: int, corpus_path: Path, run: Path, errors: Path, where: str) -> None:
     """A rank whose corpus scan (`where` = "corpus") or first checkpoint save ("save") fails on rank 0 only,
     as a corpus found bad by the first reader, or a full disk where rank 0 writes."""
-    from charlstm import data
-
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if rank == 0 and where == "corpus":
         def bad_corpus(*args, **kwargs):
             raise CharlstmError("corpus is empty: bad.txt")
 
-        data.scan_corpus = bad_corpus
+        data_module.scan_corpus = bad_corpus
     if rank == 0 and where == "save":
         def full_disk(*args, **kwargs):
             raise CharlstmError("could not save latest.pt: the disk is full; the previous file is unchanged")
@@ -276,8 +258,8 @@ def test_compiled_training_matches_eager(tmp_path, corpus_path):
         pytest.skip("no C++ compiler for torch.compile on CPU")
     corpus = load_corpus([corpus_path])
     for name, compile in (("eager", False), ("compiled", True)):
-        trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=3, compile=compile), tmp_path / name, log=lambda s: None)
-        trainer.train(show_progress=False)
+        trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=3, compile=compile), tmp_path / name, **SILENT_LOG)
+        trainer.train(**NO_PROGRESS)
     assert trainer.loss_sum is not window_loss_sum
     eager, compiled = (ckpt.load_checkpoint(tmp_path / n / ckpt.LATEST)["model"] for n in ("eager", "compiled"))
     for key in eager:

@@ -1,32 +1,19 @@
 """The fast samplers reproduce the plain per-character path: same uniforms, same rule, same text."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from charlstm.config import ModelConfig, SampleConfig
-from charlstm.data import Vocab
-from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
 from charlstm import draw, fastsample
+from charlstm.config import SampleConfig
+from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
 from charlstm.fastsample import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel, sample_text
+from charlstm.sample import sample_text
+from charlstm.starts import record_start_states
 
-CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
-END_OF_RECORD = ""
-
-
-def random_model(cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 3.0,
-                 chars: list[str] = CHARS) -> LoadedModel:  # fmt: skip
-    """Random weights scaled up so the next-character distributions are far from uniform."""
-    torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(vocab_size=len(chars), cell=cell, layers=layers, hidden=hidden, embed=8))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(gain)
-    return LoadedModel(model=model.eval(), vocab=Vocab(chars), path=Path("random"), payload={})
+from .helpers import END_OF_RECORD
+from .helpers import SAMPLE_CHARS as CHARS
+from .helpers import random_loaded_model as random_model
 
 
 def test_uniform_chunks_are_the_per_step_stream():
@@ -162,8 +149,6 @@ def test_stepper_choice():
 def test_fast_text_equals_plain_text_from_record_start_states(cell, layers):
     """A record model whose checkpoint holds start states: each sample reads the marker from one of them.
     Batches of 1, 3, 6 and 20 take each LSTM step variant (tanh cell by rows, by gemm; sigmoid cell)."""
-    from charlstm.starts import record_start_states
-
     loaded = random_model(cell=cell, layers=layers, seed=layers + 20, chars=[END_OF_RECORD, *CHARS])
     with torch.no_grad():
         loaded.model.head.bias[0] -= 2.0  # end-of-record: rare enough that most samples run long

@@ -24,10 +24,12 @@ from charlstm.fastsample import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.sample import LoadedModel, load_model, sample_text
 from charlstm.train import Trainer, train
 
-from .conftest import make_text
-from .test_distributed import FLAGS, QUIET, STEPS, child_env, tiny_model, tiny_train
-from .test_fastsample import CHARS, END_OF_RECORD, random_model
+from .helpers import END_OF_RECORD, NO_PROGRESS, QUIET, SILENT_LOG, TINY_RUN_FLAGS, child_env, tiny_model, tiny_train
+from .helpers import SAMPLE_CHARS as CHARS
+from .helpers import random_loaded_model as random_model
+from .helpers import write_corpus
 
+STEPS = 12
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -37,9 +39,7 @@ def on_gpu(loaded: LoadedModel) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def corpus_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(make_text(1000), encoding="utf-8")
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 1000)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -71,17 +71,17 @@ def test_cuda_sampling_ends_records_like_the_plain_path():
 def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpus_path, precision):
     corpus = load_corpus([corpus_path])
     config = tiny_train(max_steps=STEPS, device="cuda", precision=precision)
-    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", **SILENT_LOG)
     streams = trainer.train_streams
     assert trainer.device.type == "cuda" and not streams._on_host  # the ids live on the GPU
     assert streams._tokens.device.type == "cuda" and streams._tokens.element_size() == 1  # compact, uint8
     x, y = streams.batch_at(0)
     assert x.device.type == y.device.type == "cuda"
-    first = trainer.train(should_stop=lambda step: step == 6, show_progress=False)
+    first = trainer.train(should_stop=lambda step: step == 6, **NO_PROGRESS)
     assert first.step == 6 and first.precision == precision and first.device.startswith("cuda")
     resumed = train(corpus, tiny_model(), config, tmp_path / "run", resume_from=tmp_path / "run", **QUIET)
     assert resumed.step == STEPS and math.isfinite(resumed.best_val_loss)
-    straight = train(corpus, tiny_model(), config, tmp_path / "straight", **QUIET)
+    train(corpus, tiny_model(), config, tmp_path / "straight", **QUIET)
     a, b = (ckpt.load_checkpoint(tmp_path / name / ckpt.LATEST)["model"] for name in ("run", "straight"))
     tolerance = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
     for key in a:  # resumed == straight, up to cuDNN's choice of kernels (and bf16 rounding)
@@ -95,9 +95,8 @@ def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpu
 def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
     single = tmp_path / "single"
     train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS, device="cuda", precision="fp32"), single, **QUIET)
-    flags = ["cuda" if flag == "cpu" else flag for flag in FLAGS]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charlstm",
-               "train", str(corpus_path), "--max-steps", str(STEPS), "--precision", "fp32", "--out", str(tmp_path / "ddp"), *flags]  # fmt: skip
+               "train", str(corpus_path), "--max-steps", str(STEPS), "--precision", "fp32", "--out", str(tmp_path / "ddp"), *TINY_RUN_FLAGS, "--device", "cuda"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert ckpt.read_run_json(tmp_path / "ddp")["world_size"] == 2

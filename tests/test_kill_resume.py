@@ -5,7 +5,6 @@ often in the middle of a save, and resumed each time; at the end the run must re
 the same weights as a run that was never interrupted.
 """
 
-import os
 import random
 import signal
 import subprocess
@@ -17,33 +16,35 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+import charlstm.train as train_module
 from charlstm import checkpoint as ckpt
-from charlstm.cli import app
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data import Corpus
 from charlstm.train import Trainer
 
-from .conftest import make_text
+from .helpers import (
+    NO_PROGRESS,
+    SILENT_LOG,
+    charlstm_command,
+    cli_flags,
+    invoke,
+    memory_corpus,
+    one_thread_env,
+    saved_step,
+    write_corpus,
+)
 
 TARGET_STEPS = 400  # far more than three short rounds can reach, even on a fast machine
 SAVE_EVERY = 2  # frequent saves, so that many kills land inside one
-TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "25",
-        "--max-steps", str(TARGET_STEPS), "--save-every", str(SAVE_EVERY), "-q"]  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = cli_flags(hidden=16, embed=8, batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS,
+                 save_every=SAVE_EVERY)  # fmt: skip
+ENV = one_thread_env()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_command(corpus: Path, run: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "charlstm", "train", str(corpus), "--out", str(run), *TINY] + (
-        ["--resume", str(run)] if resume else []
-    )
-
-
-def saved_step(run: Path) -> int:
-    """The step in latest.pt, loaded the way a resume loads it (this fails if the file is damaged)."""
-    return ckpt.load_model_checkpoint(run / ckpt.LATEST)["progress"]["step"]
+    return charlstm_command("train", corpus, "--out", run, *TINY, *(["--resume", run] if resume else []))
 
 
 def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -61,7 +62,7 @@ def resume_in_process(corpus: Path, run: Path):
     """The last resume runs through the CLI in this process (a subprocess costs seconds of start-up), saving
     less often (saves do not change what is learned) so that it finishes quickly."""
     args = train_command(corpus, run, resume=True)[3:] + ["--save-every", "100"]  # after `python -m charlstm`
-    result = CliRunner().invoke(app, args)
+    result = invoke(*args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
@@ -71,14 +72,13 @@ def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tenso
     model = ModelConfig(hidden=16, embed=8)
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS, save_every=100)
     corpus = Corpus(text=corpus_text, name="corpus", sources=["memory"])
-    Trainer(corpus, model, config, tmp_path / "reference", log=lambda line: None).train(show_progress=False)
+    Trainer(corpus, model, config, tmp_path / "reference", **SILENT_LOG).train(**NO_PROGRESS)
     return ckpt.load_checkpoint(tmp_path / "reference" / ckpt.LATEST)["model"]
 
 
 def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     rng = random.Random(20240611)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
+    corpus = write_corpus(tmp_path, 3000)
     run = tmp_path / "run"
     steps_seen, kills, leftovers = [], 0, 0
     for round_ in range(3):
@@ -135,8 +135,7 @@ KILL_IN_SAVE = textwrap.dedent(
 
 
 def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
+    corpus = write_corpus(tmp_path, 3000)
     run = tmp_path / "run"
     args = train_command(corpus, run, resume=False)[3:]  # after `python -m charlstm`
     killed = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *args], cwd=tmp_path, capture_output=True,
@@ -154,8 +153,6 @@ def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
 @pytest.mark.parametrize("every", ["steps", "seconds"])
 def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every):
     """Between two saves there are never more than --save-every steps (or seconds of training)."""
-    import charlstm.train as train_module
-
     clock = iter(range(10**6))
     fake_time = SimpleNamespace(perf_counter=lambda: next(clock) * 0.25)  # every call: +0.25 s
     monkeypatch.setattr(train_module, "time", fake_time)  # the trainer's clock only
@@ -170,10 +167,8 @@ def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every
     monkeypatch.setattr(ckpt, "save_checkpoint", recording_save)
     limit = {"save_every": 7} if every == "steps" else {"save_every_seconds": 3.0}
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=1000, max_steps=60, **limit)
-    corpus = Corpus(text=make_text(2000), name="tiny", sources=["memory"])
-    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run", log=lambda line: None).train(
-        show_progress=False
-    )
+    corpus = memory_corpus(2000)
+    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run", **SILENT_LOG).train(**NO_PROGRESS)
     steps = [0] + [s for s, _ in saves]
     seconds = [0.0] + [t for _, t in saves]
     assert steps[-1] == 60 and len(saves) >= 5

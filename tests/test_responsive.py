@@ -12,34 +12,36 @@ import time
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
+import charlstm.train as train_module
 from charlstm import checkpoint as ckpt
 from charlstm import validation
-from charlstm.cli import app
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import Corpus, Streams
+from charlstm.config import ModelConfig
+from charlstm.data import Streams
 from charlstm.model import CharRNN
 from charlstm.progress import ConsoleProgress
 from charlstm.train import Trainer, evaluate, lr_at, train
 
-from .conftest import make_text
+from . import helpers
+from .helpers import (
+    NO_PROGRESS,
+    QUIET,
+    SILENT_LOG,
+    charlstm_command,
+    cli_flags,
+    curve,
+    invoke,
+    make_text,
+    memory_corpus,
+    tiny_train,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUIET = dict(show_progress=False, log=lambda line: None)
-runner = CliRunner()
+TINY = cli_flags(hidden=16, embed=8, batch_size=4, seq_len=8, eval_every=5)
 
 
 def tiny_model(**kw):
-    return ModelConfig(**{"layers": 1, "hidden": 24, "embed": 8, **kw})
-
-
-def tiny_train(**kw):
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
-
-
-def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+    return helpers.tiny_model(**{"layers": 1, **kw})
 
 
 # ------------------------------------------------------------------------------------------ the slice
@@ -73,12 +75,12 @@ def test_whole_split_slice_matches_the_carried_state_evaluation():
 
 def test_periodic_validation_scores_only_its_slice(tmp_path):
     """On a big validation split, each periodic check reads about --eval-chars characters, not the whole split."""
-    corpus = Corpus(text=make_text(120_000, seed=3), name="big", sources=["memory"])
+    corpus = memory_corpus(120_000, seed=3, name="big")
     config = tiny_train(max_steps=10, val_frac=0.5, eval_chars=2048, final_eval_chars=8192)
-    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", log=lambda line: None)
+    trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run", **SILENT_LOG)
     evaluated = []
     trainer.model.register_forward_hook(lambda m, args, out: evaluated.append(args[0].numel()) if not m.training else None)
-    trainer.train(show_progress=False)
+    trainer.train(**NO_PROGRESS)
     per_check = len(trainer.periodic_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
     final = len(trainer.final_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
     assert trainer.periodic_slice.chars < 4096 and not trainer.final_slice.whole
@@ -104,7 +106,7 @@ def test_max_time_counts_validations(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(validation, "evaluate_slice", slow)
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     started = time.perf_counter()
     result = train(corpus, tiny_model(), tiny_train(max_time=2.0, eval_every=1), tmp_path / "r", **QUIET)
     wall = time.perf_counter() - started
@@ -130,7 +132,7 @@ def interrupt_during(phase: str, delay: float = 0.05):
 
 
 def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeypatch):
-    corpus = Corpus(text=make_text(40_000, seed=5), name="tiny", sources=["memory"])
+    corpus = memory_corpus(40_000, seed=5)
     # a validation that would take seconds: the whole split (20,000 characters) chunk by chunk, slowed down
     config = tiny_train(max_steps=12, eval_every=6, val_frac=0.5, eval_chars=10**6)
     real = validation.evaluate_slice
@@ -166,7 +168,6 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
 def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
     """Reading the corpus is interruptible: nothing trained, nothing saved, KeyboardInterrupt (the CLI exits 130)."""
-    import charlstm.train as train_module
 
     def slow_prepare(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -174,7 +175,7 @@ def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
         raise AssertionError("not interrupted")
 
     monkeypatch.setattr(train_module, "prepare_tokens", slow_prepare)
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
@@ -187,10 +188,9 @@ def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
 
 def test_resume_of_a_spent_budget_says_so(tmp_path, corpus_file):
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), *tiny]).exit_code == 0
+    assert invoke("train", corpus_file, "--max-steps", "10", "--out", run, *TINY).exit_code == 0
     before = (run / "latest.pt").read_bytes()
-    again = runner.invoke(app, ["train", "--resume", str(run)])
+    again = invoke("train", "--resume", run)
     assert again.exit_code == 0, again.output
     assert "already used its budget (--max-steps 10" in again.stderr
     assert f"charlstm train --resume {run} --max-steps 20" in again.stderr  # how to extend it
@@ -198,7 +198,7 @@ def test_resume_of_a_spent_budget_says_so(tmp_path, corpus_file):
 
 
 def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     config = tiny_train(max_steps=20, warmup_frac=0.1)
     lrs: dict[int, float] = {}
 
@@ -244,8 +244,7 @@ def test_piped_progress_is_plain_lines():
 
 def test_cli_piped_output_shows_validation_lines(tmp_path, corpus_file):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), "--hidden", "16",
-                                 "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5"])  # fmt: skip
+    result = invoke("train", corpus_file, "--max-steps", "10", "--out", run, *TINY[:-1])  # not quiet
     assert result.exit_code == 0, result.output
     assert "\r" not in result.stderr
     assert "step 5 · 160 chars · train" in result.stderr and "step 10 · 320 chars" in result.stderr
@@ -258,9 +257,8 @@ def test_info_with_no_path_shows_the_newest_run_readably(tmp_path, monkeypatch):
     tree.mkdir()
     for i in range(6):
         (tree / f"m{i}.py").write_text(make_text(800, seed=i))
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(tree), "--glob", "*.py", "--max-steps", "5", *tiny]).exit_code == 0
-    shown = runner.invoke(app, ["info"], env={"COLUMNS": "200"})
+    assert invoke("train", tree, "--glob", "*.py", "--max-steps", "5", *TINY).exit_code == 0
+    shown = invoke("info", env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "Newest run: checkpoints/src" in shown.stderr
     out = shown.stdout
@@ -272,11 +270,10 @@ def test_info_with_no_path_shows_the_newest_run_readably(tmp_path, monkeypatch):
 
 def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, corpus_file):
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "5", "--out", str(run), *tiny]).exit_code == 0
+    assert invoke("train", corpus_file, "--max-steps", "5", "--out", run, *TINY).exit_code == 0
     text = (run / "run.json").read_text()
     (run / "run.json").write_text(text[: len(text) // 2])  # cut short
-    shown = runner.invoke(app, ["info", str(run), "--json"])
+    shown = invoke("info", run, "--json")
     assert shown.exit_code == 0, shown.output
     data = json.loads(shown.stdout)
     assert data["step"] == 5 and data["checkpoint"].endswith("latest.pt")
@@ -284,14 +281,14 @@ def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, co
 
 def test_resume_from_weights_without_optimizer_state(tmp_path):
     """A checkpoint shared without its optimizer state still resumes: AdamW starts afresh, and it says so."""
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
     payload = torch.load(tmp_path / "r" / "latest.pt", weights_only=True)
     del payload["optimizer"]
     torch.save(payload, tmp_path / "r" / "latest.pt")
     notes = []
     result = train(corpus, tiny_model(), tiny_train(max_steps=8), tmp_path / "x", resume_from=tmp_path / "r",
-                   explicit={"max_steps"}, show_progress=False, log=notes.append)  # fmt: skip
+                   explicit={"max_steps"}, **NO_PROGRESS, log=notes.append)  # fmt: skip
     assert result.step == 8 and any("no optimizer state" in n for n in notes)
 
 
@@ -299,7 +296,6 @@ def test_terminal_shows_a_bar_with_validation_lines_above_it(tmp_path, corpus_fi
     """On a terminal (a pseudo-terminal here), the bar redraws in place and each validation prints a line."""
     import pty
     import subprocess
-    import sys
 
     import fcntl
     import struct
@@ -307,9 +303,8 @@ def test_terminal_shows_a_bar_with_validation_lines_above_it(tmp_path, corpus_fi
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))  # a 160 x 30 terminal
-    command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "40", "--out",
-               str(tmp_path / "run"), "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
-               "--eval-every", "20"]  # fmt: skip
+    command = charlstm_command("train", corpus_file, "--max-steps", "40", "--out", tmp_path / "run",
+                               *cli_flags(hidden=16, embed=8, batch_size=4, seq_len=8, eval_every=20, quiet=False))
     proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
     chunks = []

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import charlstm.cli
+import charlstm.train
 from charlstm import runlock
 from charlstm.errors import CharlstmError
 from charlstm.runlock import LOCK_NAME, RunLock, read_holder
 
-from .conftest import make_text
+from .helpers import TINY_FLAGS, charlstm_command, one_thread_env, write_corpus
 
 fcntl = pytest.importorskip("fcntl")  # Windows has no flock: there the lock is a no-op (tested below)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = one_thread_env()
 # a process that holds a run's lock until killed: prints "locked" once it holds it
 HOLDER = textwrap.dedent(
     """
@@ -176,23 +178,18 @@ def test_not_a_directory_read_only_link_and_no_fcntl(tmp_path, monkeypatch):
 
 
 def _lock_wired() -> bool:
-    import charlstm.cli
-    import charlstm.train
-
     return any("runlock" in inspect.getsource(module) for module in (charlstm.train, charlstm.cli))
 
 
 @pytest.mark.skipif(not _lock_wired(), reason="run lock not wired into train yet")
 def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(4000))
+    corpus = write_corpus(tmp_path, 4000)
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5"]
+    tiny = TINY_FLAGS[:-1]  # not quiet
     # a budget far beyond the test (it is stopped with SIGINT): on a loaded machine the first must still be
     # training when the second, slow to start, reaches the lock
     first = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "train", str(corpus), "--max-time", "10m", "--out", str(run), "-q",
-         *tiny, "--save-every", "2"],
+        charlstm_command("train", corpus, "--max-time", "10m", "--out", run, "-q", *tiny, "--save-every", "2"),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     try:
@@ -208,7 +205,7 @@ def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
             ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", "5", "-q", *tiny],
         ]
         seconds = [
-            subprocess.Popen([sys.executable, "-m", "charlstm", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+            subprocess.Popen(charlstm_command(*args), cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV)
             for args in attempts
         ]  # fmt: skip

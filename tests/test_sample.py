@@ -1,21 +1,22 @@
 import pytest
 import torch
 
+from charlstm import sample as sample_module
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.data import Corpus
+from charlstm.data import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.sample import choose, filter_logits, load_model, sample_text
+from charlstm.model import CharRNN
+from charlstm.sample import LoadedModel, choose, filter_logits, load_model, sample_text
 from charlstm.train import train
 
-from .conftest import make_text
+from .helpers import QUIET, memory_corpus
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    corpus = Corpus(text=make_text(4000), name="tiny", sources=["memory"])
-    train(corpus, ModelConfig(hidden=48, embed=16), TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30),
-          run, show_progress=False, log=lambda s: None)  # fmt: skip
+    train(memory_corpus(4000), ModelConfig(hidden=48, embed=16),
+          TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30), run, **QUIET)  # fmt: skip
     return load_model(run)
 
 
@@ -90,11 +91,6 @@ class ScriptedStepper:
     ],
 )
 def test_stop_strings_and_end_of_record_emit_exactly_the_text_before_them(monkeypatch, stream, stop, expected):
-    from charlstm import sample as sample_module
-    from charlstm.data import Vocab
-    from charlstm.model import CharRNN
-    from charlstm.sample import LoadedModel
-
     vocab = Vocab(["", *"abcdqxyz"])  # id 0: end of record
     ids = [0 if c == "|" else vocab.index[c] for c in stream]
     other = [vocab.index["d"]] * len(ids)  # a second sample that never stops

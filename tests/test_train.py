@@ -10,30 +10,19 @@ from charlstm.data import Corpus
 from charlstm.errors import CharlstmError
 from charlstm.train import Trainer, lr_at, train
 
-from .conftest import make_text
-
-QUIET = dict(show_progress=False, log=lambda line: None)
+from . import helpers
+from .helpers import NO_PROGRESS, QUIET, SILENT_LOG, curve, memory_corpus, tiny_train
+from .helpers import saved_weights as weights
 
 
 def tiny_model(**kw):
-    return ModelConfig(**{"layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1, **kw})
-
-
-def tiny_train(**kw):
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
+    """With dropout: an exact resume must restore the random stream too."""
+    return helpers.tiny_model(**{"dropout": 0.1, **kw})
 
 
 @pytest.fixture
 def corpus():
-    return Corpus(text=make_text(3000), name="tiny", sources=["memory"])
-
-
-def weights(run_dir, name="latest.pt"):
-    return ckpt.load_checkpoint(run_dir / name)["model"]
-
-
-def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in ckpt.read_metrics(run_dir)]
+    return memory_corpus(3000)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -58,7 +47,7 @@ def test_resume_is_exact(tmp_path, corpus, cell):
 
 
 def test_streams_wrap_within_resume_test(corpus):
-    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=24), "unused", log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=24), "unused", **SILENT_LOG)
     assert len(trainer.train_streams) < 24, "the exact-resume test should cross an epoch boundary"
 
 
@@ -92,7 +81,7 @@ def test_architecture_flags_lose_to_checkpoint_with_warning(tmp_path, corpus):
     lines = []
     result = train(
         corpus, tiny_model(hidden=99), tiny_train(max_steps=6), tmp_path / "r", resume_from=tmp_path / "r",
-        explicit={"hidden", "max_steps"}, show_progress=False, log=lines.append,
+        explicit={"hidden", "max_steps"}, **NO_PROGRESS, log=lines.append,
     )  # fmt: skip
     assert result.step == 6
     assert any("--hidden 99" in line and "24" in line for line in lines)
@@ -109,11 +98,12 @@ def test_resume_refuses_new_characters(tmp_path, corpus):
 def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
     train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
     before = weights(tmp_path / "r")
-    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r", explicit={"max_steps"}, log=lambda s: None)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r",
+                      explicit={"max_steps"}, **SILENT_LOG)  # fmt: skip
     with torch.no_grad():
         trainer.model.head.bias.fill_(float("nan"))
     with pytest.raises(CharlstmError, match=r"loss became nan at step 6.*lower --lr"):
-        trainer.train(show_progress=False)
+        trainer.train(**NO_PROGRESS)
     after = weights(tmp_path / "r")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -130,8 +120,8 @@ def test_time_budget_and_schedule(tmp_path, corpus):
 
 
 def test_epoch_budget(tmp_path, corpus):
-    trainer = Trainer(corpus, tiny_model(), tiny_train(epochs=2, eval_every=1000), tmp_path / "r", log=lambda s: None)
-    result = trainer.train(show_progress=False)
+    trainer = Trainer(corpus, tiny_model(), tiny_train(epochs=2, eval_every=1000), tmp_path / "r", **SILENT_LOG)
+    result = trainer.train(**NO_PROGRESS)
     assert result.stopped_by == "epochs"
     assert result.chars_seen == 2 * trainer.train_streams.num_targets
     assert result.step == 2 * len(trainer.train_streams)
