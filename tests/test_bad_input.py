@@ -1,6 +1,7 @@
 """Bad input gets one clear `error:` line and exit code 1, never a traceback, and damages nothing on disk."""
 
 import os
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -22,7 +23,9 @@ from .helpers import (
     invoke,
     make_text,
     saved_step,
+    torch_threads,
     write_bytes,
+    write_corpus,
 )
 
 TINY = TINY_FLAGS
@@ -30,12 +33,21 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def trained(tmp_path, corpus_file):
-    """A finished tiny run: (run directory, corpus file)."""
-    run = tmp_path / "run"
-    assert_ok(invoke("train", corpus_file, "--out", run, "--max-steps", "10", *TINY))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run, trained once for the module: (run directory, corpus file). Tests only read it; a
+    test that trains in the run (a resume, even a refused one) works on a copy (`copy_run`)."""
+    base = tmp_path_factory.mktemp("trained")
+    corpus_file = write_corpus(base)
+    run = base / "run"
+    with torch_threads(1):
+        assert_ok(invoke("train", corpus_file, "--out", run, "--max-steps", "10", *TINY))
     return run, corpus_file
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of the module's run that a test may change."""
+    return Path(shutil.copytree(run, tmp_path / "run-copy"))
 
 
 def checkpoints_unchanged(run: Path, before: dict[str, bytes]) -> bool:
@@ -248,7 +260,7 @@ def test_resume_without_a_run(tmp_path, monkeypatch, corpus_file):
 
 
 def test_resume_with_new_characters_names_them(trained, tmp_path):
-    run, corpus_file = trained
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
     before = checkpoint_bytes(run)
     other = write_bytes(tmp_path, "other.txt", (corpus_file.read_text() + "Zebra ½ 🙂\n").encode())
     line = assert_one_error(invoke("train", other, "--resume", run, "--max-steps", "20", *TINY), "cannot resume")
@@ -391,8 +403,8 @@ def test_disk_full_during_a_save_keeps_latest_and_best(tmp_path, monkeypatch, co
     assert not list(run.glob(".*.tmp"))
 
 
-def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained):
-    run, corpus_file = trained
+def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained, tmp_path):
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
     before = checkpoint_bytes(run)
     result = invoke("train", corpus_file, "--resume", run, "--max-steps", "30", "--lr", "1e39", *TINY)
     line = assert_one_error(result, "stopped without saving", "last good checkpoint is kept", "try a lower --lr (now 1e+39)")
@@ -411,8 +423,8 @@ def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
                      "the run's corpus gone.txt is not there any more", "charlstm train CORPUS --resume run")  # fmt: skip
 
 
-def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monkeypatch):
-    run, corpus_file = trained
+def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, tmp_path, monkeypatch):
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
     before = checkpoint_bytes(run)
     if IS_ROOT:  # root writes through chmod 0o500: make every new file in the run directory fail as it would
         def denied(*args, **kwargs):
