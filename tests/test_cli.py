@@ -8,6 +8,7 @@ import pytest
 
 from .helpers import charlstm_command, cli_flags, invoke
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 TINY = cli_flags(hidden=32, embed=8, batch_size=4, seq_len=16, eval_every=10)
 
 

@@ -25,7 +25,9 @@ from charlstm.errors import CharlstmError
 from charlstm.sample import load_model, sample_text
 from charlstm.train import train
 
-from .helpers import NO_PROGRESS, QUIET, SHARED_DATA, cli_flags, invoke, load_sources
+from .helpers import NO_PROGRESS, QUIET, SHARED_DATA, cli_flags, invoke, load_sources, torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def records_of(data) -> list[str]:
@@ -280,8 +282,9 @@ def ends_model(tmp_path_factory):
     """A tiny model trained on records that all read "the end": it learns to end a record after 'd'."""
     run = tmp_path_factory.mktemp("ends")
     corpus = Corpus(records=["the end", "the den", "then end"] * 40, name="ends")
-    train(corpus, ModelConfig(hidden=32, embed=8), TrainConfig(batch_size=8, seq_len=16, max_steps=150, eval_every=150,
-          lr=1e-2), run, **QUIET)  # fmt: skip
+    with torch_threads(1):
+        train(corpus, ModelConfig(hidden=32, embed=8), TrainConfig(batch_size=8, seq_len=16, max_steps=150,
+              eval_every=150, lr=1e-2), run, **QUIET)  # fmt: skip
     return load_model(run)
 
 

@@ -23,13 +23,24 @@ from charlstm.errors import CharlstmError
 from charlstm.train import Trainer, train, window_loss_sum
 
 from . import helpers
-from .helpers import NO_PROGRESS, QUIET, SILENT_LOG, TINY_RUN_FLAGS, child_env, invoke, tiny_model, write_corpus
+from .helpers import (
+    NO_PROGRESS,
+    QUIET,
+    SILENT_LOG,
+    TINY_RUN_FLAGS,
+    child_env,
+    invoke,
+    tiny_model,
+    torch_threads,
+    write_corpus,
+)
 
 STEPS = 12
 # the same run through the CLI flags and through the config objects (helpers.tiny_model and tiny_train, on the
 # CPU); dropout 0: no randomness in training
 FLAGS = [*TINY_RUN_FLAGS, "--device", "cpu"]
 TIMEOUT = 600  # generous: a loaded 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def tiny_train(**kw) -> TrainConfig:
@@ -45,7 +56,8 @@ def corpus_path(tmp_path_factory) -> Path:
 def single_run(corpus_path, tmp_path_factory) -> Path:
     """The reference: one process, STEPS steps straight."""
     run = tmp_path_factory.mktemp("single") / "run"
-    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, **QUIET)
+    with torch_threads(1):
+        train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, **QUIET)
     return run
 
 

@@ -14,6 +14,9 @@ from charlstm.starts import record_start_states
 from .helpers import END_OF_RECORD
 from .helpers import SAMPLE_CHARS as CHARS
 from .helpers import random_loaded_model as random_model
+from .helpers import torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def test_uniform_chunks_are_the_per_step_stream():
@@ -88,9 +91,9 @@ def test_batch_sizes_choose_their_step_and_match_plain(num_samples):
     stepper = make_stepper(loaded.model, num_samples)
     assert stepper.sigmoid == (num_samples >= fastsample.SIGMOID_FROM)
     assert len(stepper.first_matmul) == (num_samples if num_samples <= fastsample.ROW_MATMUL_UPTO else 1)
-    threads = torch.get_num_threads()
-    assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
-    assert torch.get_num_threads() == threads  # restored after sampling on one torch thread
+    with torch_threads(2):  # not the module's one thread: the fast path's own setting must not stay
+        assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
+        assert torch.get_num_threads() == 2  # restored after sampling on one torch thread
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])

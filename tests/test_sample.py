@@ -9,14 +9,17 @@ from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, choose, filter_logits, load_model, sample_text
 from charlstm.train import train
 
-from .helpers import QUIET, memory_corpus
+from .helpers import QUIET, memory_corpus, torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    train(memory_corpus(4000), ModelConfig(hidden=48, embed=16),
-          TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30), run, **QUIET)  # fmt: skip
+    with torch_threads(1):
+        train(memory_corpus(4000), ModelConfig(hidden=48, embed=16),
+              TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30), run, **QUIET)  # fmt: skip
     return load_model(run)
 
 

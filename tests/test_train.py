@@ -14,6 +14,8 @@ from . import helpers
 from .helpers import NO_PROGRESS, QUIET, SILENT_LOG, curve, memory_corpus, tiny_train
 from .helpers import saved_weights as weights
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
+
 
 def tiny_model(**kw):
     """With dropout: an exact resume must restore the random stream too."""
