@@ -126,6 +126,7 @@ def test_unreadable_corpus(tmp_path, monkeypatch, corpus_file):
         corpus_file.chmod(0o644)
 
 
+@pytest.mark.slow
 def test_corpus_shorter_than_one_batch_shrinks_with_notice(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_bytes(tmp_path, "small.txt", make_text(300).encode())
@@ -334,6 +335,8 @@ def test_bad_checkpoint_in_sample_resume_and_info(trained, tmp_path, monkeypatch
     assert checkpoints_unchanged(run, before)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bad_checkpoint_in_a_real_process_prints_no_traceback(trained, tmp_path):
     run, _ = trained
     bad = tmp_path / "bad.pt"

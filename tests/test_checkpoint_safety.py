@@ -42,8 +42,13 @@ def worker(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def seeds(worker, tmp_path_factory):
-    """Real checkpoints: tiny LSTM/GRU/RNN (records) runs and variants (no optimizer, start states, ranks)."""
+def seeds(request, tmp_path_factory):
+    """Real checkpoints: tiny LSTM/GRU/RNN (records) runs and variants (no optimizer, start states, ranks).
+
+    When a test of this module that uses the worker is selected, the worker is launched first (it imports torch
+    while the seeds train); otherwise (-m "not subprocess") no process is started."""
+    if any("worker" in item.fixturenames for item in request.session.items if item.module is request.module):
+        request.getfixturevalue("worker")
     return {seed.name: seed for seed in fuzz.make_seeds(tmp_path_factory.mktemp("seeds"))}
 
 
@@ -77,6 +82,7 @@ def expanded_bomb(seed: fuzz.Seed, hidden: int) -> dict:
 # ------------------------------------------------------------------------------------------ memory bombs
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("hidden", [60000, 6000])
 def test_stride0_memory_bomb_is_one_line_fast_and_small(seeds, worker, tmp_path, hidden):
     """A 15 KB file whose weights are torch.zeros(1).expand(240000, 60000) once cost 57.6 GB at the first check."""
@@ -131,6 +137,7 @@ def test_transposed_and_offset_weights(seeds, tmp_path):
     refused(tmp_path / "o.pt", "head.weight", "at offset 7")
 
 
+@pytest.mark.subprocess
 def test_compressed_entries_and_a_zip_bomb(seeds, worker, tmp_path):
     entries = fuzz.entries_of(seeds["rnn"].raw)
     fuzz.write_zip(tmp_path / "deflated.pt", entries, compress=lambda name: True)
@@ -148,6 +155,7 @@ BOMBS = ["dag-corpus", "cycle", "deep-tuple-key", "colliding-keys", "deep-list",
          "memo-flood", "none-flood", "big-pickle"]  # fmt: skip
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("variant", BOMBS)
 def test_pickle_bombs_are_refused_fast(seeds, worker, tmp_path, variant):
     """A few bytes of pickle with memo references make a structure whose naive walk is exponential (dag), a
@@ -323,6 +331,8 @@ def test_metrics_line_cut_by_a_kill_is_skipped_and_the_next_row_kept(tmp_path):
 # ------------------------------------------------------------------------------------------ the fuzzer
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_seeded_fuzz_cases_load_or_refuse_with_one_line(seeds, worker, tmp_path):
     """A few hundred seeded mutations of the real checkpoints, every kind in turn: each ends in a correct load
     or a one-line CharlstmError within 5 s and 300 MB, no code runs, and the must-refuse ones are refused."""

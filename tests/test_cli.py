@@ -72,6 +72,8 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, corpus_file, monkeypatch, a
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_python_m_and_help():
     done = subprocess.run(charlstm_command("--help"), capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout and "sample" in done.stdout
@@ -86,6 +88,8 @@ def test_python_m_and_help():
     assert "(default: 0.1)" in train_help
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
     command = charlstm_command("train", corpus_file, "--max-steps", "100000", *TINY, "--eval-every", "100000",

@@ -139,6 +139,9 @@ def test_compile_flag_on_the_command_line(tmp_path, corpus_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ two ranks
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path, corpus_path, single_run):
     run = tmp_path / "ddp"
     done = torchrun(str(corpus_path), "--max-steps", str(STEPS), "--out", str(run), *FLAGS)
@@ -163,6 +166,9 @@ def _rank(rank: int, port: int, corpus_path: Path, run: Path, stop_at: int) -> N
           should_stop=lambda step: rank == 1 and step == stop_at, **QUIET)  # fmt: skip
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, single_run, monkeypatch):
     run = tmp_path / "run"
     for key, value in child_env().items():
@@ -195,6 +201,9 @@ def _rank_encoding(rank: int, port: int, corpus_path: Path, run: Path, marks: Pa
     train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, corpus_path, monkeypatch):
     run, marks = tmp_path / "run", tmp_path / "marks"
     marks.mkdir()
@@ -227,6 +236,9 @@ def _rank_that_fails_on_rank_0(rank: int, port: int, corpus_path: Path, run: Pat
         (errors / f"rank{rank}").write_text(str(exc))
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("where,doing,message", [
     ("corpus", "preparing the corpus", "corpus is empty: bad.txt"),
     ("save", "saving a checkpoint", "could not save latest.pt: the disk is full; the previous file is unchanged"),
@@ -249,6 +261,9 @@ def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path, corpus_path, monke
     assert (errors / "rank1").read_text() == f"another process failed while {doing} (it says why)"
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, single_run):
     run = tmp_path / "run"
     first = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run,
@@ -258,6 +273,7 @@ def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, sing
     assert_same_run(single_run, run)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, corpus_path):
     """A real torch.compile (CPU, C++ compiler needed) trains the same weights as eager, within float tolerance.
 

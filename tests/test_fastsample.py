@@ -61,6 +61,7 @@ def cell_variant(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_fast_lstm_text_equals_plain_text(layers, cell_variant):
     loaded = random_model(layers=layers, seed=layers)

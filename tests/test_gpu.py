@@ -91,6 +91,9 @@ def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpu
     assert len(text) == 200 and set(text) <= set(loaded.vocab.chars)
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
     single = tmp_path / "single"

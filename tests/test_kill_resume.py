@@ -76,6 +76,8 @@ def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tenso
     return ckpt.load_checkpoint(tmp_path / "reference" / ckpt.LATEST)["model"]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     rng = random.Random(20240611)
     corpus = write_corpus(tmp_path, 3000)
@@ -134,6 +136,8 @@ KILL_IN_SAVE = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
     corpus = write_corpus(tmp_path, 3000)
     run = tmp_path / "run"

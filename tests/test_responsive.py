@@ -97,6 +97,7 @@ def test_periodic_validation_scores_only_its_slice(tmp_path):
 # -------------------------------------------------------------------------------------- the clock
 
 
+@pytest.mark.slow
 def test_max_time_counts_validations(tmp_path, monkeypatch):
     """--max-time is the run's wall clock: slow validations use the budget instead of stretching the run."""
     real = validation.evaluate_slice
@@ -292,6 +293,8 @@ def test_resume_from_weights_without_optimizer_state(tmp_path):
     assert result.step == 8 and any("no optimizer state" in n for n in notes)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_terminal_shows_a_bar_with_validation_lines_above_it(tmp_path, corpus_file):
     """On a terminal (a pseudo-terminal here), the bar redraws in place and each validation prints a line."""
     import pty

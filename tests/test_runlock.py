@@ -85,6 +85,7 @@ def test_reentrant_in_one_process_released_on_the_last_release(tmp_path):
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
 
 
+@pytest.mark.subprocess
 def test_another_process_holds_it_then_is_killed_and_leaves_no_stuck_lock(tmp_path):
     run = tmp_path / "run"
     holder = start_holder(run)
@@ -100,6 +101,7 @@ def test_another_process_holds_it_then_is_killed_and_leaves_no_stuck_lock(tmp_pa
         assert lock.held and read_holder(run)["pid"] == os.getpid()
 
 
+@pytest.mark.subprocess
 def test_a_subprocess_is_refused_while_this_process_holds_it(tmp_path):
     with RunLock.acquire(tmp_path):
         code = "import sys\nfrom charlstm.runlock import RunLock\nRunLock.acquire(sys.argv[1])"
@@ -181,6 +183,8 @@ def _lock_wired() -> bool:
     return any("runlock" in inspect.getsource(module) for module in (charlstm.train, charlstm.cli))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.skipif(not _lock_wired(), reason="run lock not wired into train yet")
 def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
     corpus = write_corpus(tmp_path, 4000)
