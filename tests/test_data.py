@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -39,11 +41,12 @@ def test_split_matches_nanogpt_cut_on_shakespeare_size():
     assert len(val) == 111_540
 
 
-@pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (50, 3, 100), (129, 8, 16)])
+@pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (50, 3, 100), (50, 3, 5), (129, 8, 16)])
 def test_streams_rows_continue_across_batches(n, batch, seq):
     ids = torch.arange(n)
     streams = Streams(ids, batch, seq)
     windows = list(streams)
+    checked = 0
     for k in range(len(windows) - 1):
         x_k, _ = windows[k]
         x_next, _ = windows[k + 1]
@@ -51,6 +54,11 @@ def test_streams_rows_continue_across_batches(n, batch, seq):
             last, first = int(x_k[i, -1]), int(x_next[i, 0])
             if first != 0 or last != 0:  # padded tail of the last stream reads as 0
                 assert first == last + 1, f"row {i} of window {k + 1} does not continue window {k}"
+                checked += 1
+    # at every boundary between windows, every row but the last (the one that may end in padding) was checked;
+    # (50, 3, 100) fits in one window: nothing to continue, hence (50, 3, 5)
+    assert checked >= (batch - 1) * (len(windows) - 1)
+    assert len(windows) == math.ceil(math.ceil((n - 1) / batch) / seq)
 
 
 @pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (17, 2, 5), (5000, 64, 64)])

@@ -47,15 +47,21 @@ def train_command(corpus: Path, run: Path, resume: bool) -> list[str]:
     return charlstm_command("train", corpus, "--out", run, *TINY, *(["--resume", run] if resume else []))
 
 
-def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Until latest.pt is (re)written by this process, so every round makes progress before it is killed."""
-    latest = run / ckpt.LATEST
-    before = latest.stat().st_mtime_ns if latest.exists() else None
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Until `condition()` holds (True) or the process ends or the time is up (False)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.stat().st_mtime_ns != before:
-            return
+        if condition():
+            return True
         time.sleep(0.005)
+    return False
+
+
+def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Until latest.pt is (re)written by this process (True), so every round makes progress before it is killed."""
+    latest = run / ckpt.LATEST
+    before = latest.stat().st_mtime_ns if latest.exists() else None
+    return wait_until(lambda: latest.exists() and latest.stat().st_mtime_ns != before, proc, timeout)
 
 
 def resume_in_process(corpus: Path, run: Path):
@@ -87,22 +93,22 @@ def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
         proc = subprocess.Popen(train_command(corpus, run, resume=(run / ckpt.LATEST).exists()), cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
         if round_ == 0:  # the first kill may come before any checkpoint exists
-            while not run.exists() and proc.poll() is None:
-                time.sleep(0.005)
+            started = wait_until(run.exists, proc)
         else:
-            wait_for_new_save(run, proc)
+            started = wait_for_new_save(run, proc)
         time.sleep(rng.uniform(0.0, 0.15))
+        running = proc.poll() is None  # not finished, nor failed, in the meantime
         proc.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         assert "Traceback" not in stderr, stderr
-        assert proc.returncode == -signal.SIGKILL
-        kills += 1
+        assert proc.returncode == -signal.SIGKILL, stderr
+        kills += started and running  # a kill that interrupted a process at work on the run
         leftovers += len(list(run.glob(".*.tmp")))
         if (run / ckpt.LATEST).exists():
             steps_seen.append(saved_step(run))  # loads: a kill never leaves a damaged latest.pt
             if (run / ckpt.BEST).exists():
                 ckpt.load_model_checkpoint(run / ckpt.BEST)
-    assert kills == 3, f"only {kills} kills landed"
+    assert kills == 3, f"only {kills} of 3 kills interrupted a running training process"
     assert steps_seen == sorted(steps_seen), f"a resume went backwards: {steps_seen}"
     assert steps_seen and steps_seen[-1] < TARGET_STEPS
 

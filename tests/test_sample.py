@@ -52,7 +52,9 @@ def test_batch_of_samples_and_stop(trained):
     texts = sample_text(trained, SampleConfig(length=120, seed=3, num_samples=5))
     assert len(texts) == 5 and len(set(texts)) > 1
     stopped = sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4, stop=["."]))
-    for full, cut in zip(sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4)), stopped):
+    full_texts = sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4))
+    assert any("." in full for full in full_texts), full_texts  # the stop string is met (else nothing is checked)
+    for full, cut in zip(full_texts, stopped):
         if "." in full:
             assert cut == full[: full.index(".")]
         else:
