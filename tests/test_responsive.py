@@ -150,7 +150,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
     monkeypatch.setattr(validation, "evaluate_slice", slow_chunks)
     on_event, fired = interrupt_during("validating")
-    result = train(corpus, tiny_model(), config, tmp_path / "b", log=lambda line: None, on_event=on_event)
+    result = train(corpus, tiny_model(), config, tmp_path / "b", **SILENT_LOG, on_event=on_event)
     stopped = time.perf_counter() - fired["at"]
     assert result.stopped_by == "interrupt (SIGINT)" and result.step == 6
     assert stopped < 5.0, "the validation was not cut short"  # it takes 8 s when it is not
@@ -207,7 +207,7 @@ def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
         if kind == "step":
             lrs[data["step"]] = data["lr"]
 
-    train(corpus, tiny_model(), config, tmp_path / "r", log=lambda line: None, on_event=record)
+    train(corpus, tiny_model(), config, tmp_path / "r", **SILENT_LOG, on_event=record)
     assert lrs[20] == pytest.approx(lr_at(config, 19 / 20))
     stopped_at = lr_at(config, 20 / 20)  # where the schedule stood when the run ended: its floor
     notes = []
