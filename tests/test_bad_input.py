@@ -1,70 +1,61 @@
 """Bad input gets one clear `error:` line and exit code 1, never a traceback, and damages nothing on disk."""
 
 import os
+import shutil
 import subprocess
-import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from charlstm import checkpoint as ckpt
 
 from charlstm import atomic, rundir
-from charlstm.cli import app
-from charlstm.textio import read_text_file
+from charlstm import checkpoint as ckpt
 from charlstm.errors import CharlstmError
+from charlstm.textio import read_text_file
 
-from .conftest import make_text
+from .helpers import (
+    TINY_FLAGS,
+    CreatesFile,
+    assert_ok,
+    assert_one_error,
+    charlstm_command,
+    checkpoint_bytes,
+    invoke,
+    make_text,
+    saved_step,
+    torch_threads,
+    write_bytes,
+    write_corpus,
+)
 
-runner = CliRunner()
-TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5", "-q"]
+TINY = TINY_FLAGS
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_error(result, *fragments):
-    """Exit 1, exactly one line starting with `error:` holding every fragment, and no escaped exception."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    others = [line for line in result.output.splitlines() if line.strip() and not line.startswith(("error:", "note:"))]
-    assert len(errors) == 1 and not others, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], result.output
-    return errors[0]
-
-
-def assert_trains(result):
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.exit_code == 0, result.output
-
-
-@pytest.fixture
-def trained(tmp_path, corpus_file):
-    """A finished tiny run: (run directory, corpus file)."""
-    run = tmp_path / "run"
-    assert_trains(invoke("train", corpus_file, "--out", run, "--max-steps", "10", *TINY))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run, trained once for the module: (run directory, corpus file). Tests only read it; a
+    test that trains in the run (a resume, even a refused one) works on a copy (`copy_run`)."""
+    base = tmp_path_factory.mktemp("trained")
+    corpus_file = write_corpus(base)
+    run = base / "run"
+    with torch_threads(1):
+        assert_ok(invoke("train", corpus_file, "--out", run, "--max-steps", "10", *TINY))
     return run, corpus_file
 
 
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of the module's run that a test may change."""
+    return Path(shutil.copytree(run, tmp_path / "run-copy"))
+
+
 def checkpoints_unchanged(run: Path, before: dict[str, bytes]) -> bool:
-    return {name: (run / name).read_bytes() for name in before} == before
+    return checkpoint_bytes(run, before) == before
 
 
 # ------------------------------------------------------------------------------------------- corpus
-
-
-def write(tmp_path: Path, name: str, data: bytes) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def png_bytes() -> bytes:
@@ -72,8 +63,6 @@ def png_bytes() -> bytes:
 
 
 def zip_bytes(tmp_path: Path) -> bytes:
-    import zipfile
-
     with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
         archive.writestr("story.txt", "once upon a time " * 200)
     return (tmp_path / "a.zip").read_bytes()
@@ -98,20 +87,20 @@ def test_bad_corpus(tmp_path, monkeypatch, kind, fragments):
     extra = []
     path = {
         "missing": lambda: tmp_path / "nope.txt",
-        "empty": lambda: write(tmp_path, "empty.txt", b""),
-        "one-char": lambda: write(tmp_path, "a.txt", b"a" * 500),
-        "too-short": lambda: write(tmp_path, "short.txt", b"abcdefghij"),
-        "nul": lambda: write(tmp_path, "nul.txt", b"hello\x00world" * 50),
-        "png": lambda: write(tmp_path, "img.png", png_bytes()),
-        "zip": lambda: write(tmp_path, "a.zip", zip_bytes(tmp_path)),
-        "latin-1": lambda: write(tmp_path, "latin.txt", "café naïve ".encode("latin-1") * 100),
-        "bad-encoding-name": lambda: write(tmp_path, "ok.txt", b"hello world " * 100),
+        "empty": lambda: write_bytes(tmp_path, "empty.txt", b""),
+        "one-char": lambda: write_bytes(tmp_path, "a.txt", b"a" * 500),
+        "too-short": lambda: write_bytes(tmp_path, "short.txt", b"abcdefghij"),
+        "nul": lambda: write_bytes(tmp_path, "nul.txt", b"hello\x00world" * 50),
+        "png": lambda: write_bytes(tmp_path, "img.png", png_bytes()),
+        "zip": lambda: write_bytes(tmp_path, "a.zip", zip_bytes(tmp_path)),
+        "latin-1": lambda: write_bytes(tmp_path, "latin.txt", "café naïve ".encode("latin-1") * 100),
+        "bad-encoding-name": lambda: write_bytes(tmp_path, "ok.txt", b"hello world " * 100),
     }[kind]()
     if kind == "bad-encoding-name":
         extra = ["--encoding", "klingon"]
     result = invoke("train", path, "--max-steps", "3", *TINY, *extra)
     assert_one_error(result, *fragments)
-    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").rglob("*.pt"))
+    assert not list(tmp_path.rglob("*.pt"))  # no checkpoint anywhere (none under ./checkpoints, the default --out)
 
 
 def test_directory_where_a_text_file_is_expected(tmp_path):
@@ -138,11 +127,12 @@ def test_unreadable_corpus(tmp_path, monkeypatch, corpus_file):
         corpus_file.chmod(0o644)
 
 
+@pytest.mark.slow
 def test_corpus_shorter_than_one_batch_shrinks_with_notice(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = write(tmp_path, "small.txt", make_text(300).encode())
+    path = write_bytes(tmp_path, "small.txt", make_text(300).encode())
     result = invoke("train", path, "--max-steps", "3", *TINY[:-5], "--batch-size", "64", "--seq-len", "128")
-    assert_trains(result)
+    assert_ok(result)
     assert "shorter than one batch (64 x 128)" in result.output and "using --batch-size" in result.output
 
 
@@ -156,16 +146,16 @@ def test_corpus_shorter_than_one_batch_shrinks_with_notice(tmp_path, monkeypatch
 )
 def test_odd_but_valid_text_trains_and_samples(tmp_path, monkeypatch, name, data, encoding):
     monkeypatch.chdir(tmp_path)
-    path = write(tmp_path, name, data)
+    path = write_bytes(tmp_path, name, data)
     run = tmp_path / "run"
     args = ["train", path, "--out", run, "--max-steps", "5", *TINY] + (["--encoding", encoding] if encoding else [])
-    assert_trains(invoke(*args))
+    assert_ok(invoke(*args))
     vocab = ckpt.load_model_checkpoint(run / rundir.LATEST)["vocab"]
     assert "\ufeff" not in vocab and "\r" not in vocab  # BOM dropped, CRLF read as LF
     if encoding:
         assert "é" in vocab and "ñ" in vocab
     sample = invoke("sample", run, "--length", "50", "--seed", "1")
-    assert_trains(sample)
+    assert_ok(sample)
     assert set(sample.stdout) <= set(vocab) | {"\n"}
 
 
@@ -236,12 +226,13 @@ def test_sample_flag_out_of_range(trained, flags, message):
 
 
 @pytest.mark.parametrize(
-    "flags,length", [(["--top-k", "1000"], 20), (["--length", "0"], 0), (["--temp", "0"], 20), (["--top-p", "1e-9"], 20)]
+    "flags,length",
+    [(["--top-k", "1000"], 20), (["--length", "0"], 0), (["--temp", "0"], 20), (["--top-p", "1e-9"], 20)],
 )
 def test_sample_edge_values_work(trained, flags, length):
     run, _ = trained
     result = invoke("sample", run, "--length", "20", "--seed", "2", *flags)
-    assert_trains(result)
+    assert_ok(result)
     assert len(result.stdout) == length + 1  # the text and a newline
 
 
@@ -255,7 +246,11 @@ def test_sample_without_any_run_says_how_to_train(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "what,fragment",
-    [("nowhere", "no such run or checkpoint"), ("emptydir", "not a charlstm run"), ("text", "is a text file, not a checkpoint")],
+    [
+        ("nowhere", "no such run or checkpoint"),
+        ("emptydir", "not a charlstm run"),
+        ("text", "is a text file, not a checkpoint"),
+    ],
 )
 def test_sample_path_that_is_neither_run_nor_checkpoint(tmp_path, monkeypatch, corpus_file, what, fragment):
     monkeypatch.chdir(tmp_path)
@@ -268,27 +263,21 @@ def test_sample_path_that_is_neither_run_nor_checkpoint(tmp_path, monkeypatch, c
 def test_resume_without_a_run(tmp_path, monkeypatch, corpus_file):
     monkeypatch.chdir(tmp_path)
     assert_one_error(invoke("train", corpus_file, "--resume", "--max-steps", "3", *TINY), "no checkpoint to resume")
-    assert_one_error(invoke("train", corpus_file, "--resume", "gone.pt", "--max-steps", "3"), "no such run or checkpoint")
+    assert_one_error(
+        invoke("train", corpus_file, "--resume", "gone.pt", "--max-steps", "3"), "no such run or checkpoint"
+    )
 
 
 def test_resume_with_new_characters_names_them(trained, tmp_path):
-    run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
-    other = write(tmp_path, "other.txt", (corpus_file.read_text() + "Zebra ½ 🙂\n").encode())
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
+    before = checkpoint_bytes(run)
+    other = write_bytes(tmp_path, "other.txt", (corpus_file.read_text() + "Zebra ½ 🙂\n").encode())
     line = assert_one_error(invoke("train", other, "--resume", run, "--max-steps", "20", *TINY), "cannot resume")
     assert all(repr(c) in line for c in ["Z", "½", "🙂"])
     assert checkpoints_unchanged(run, before)
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-
-
-class _CreatesFile:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
 
 
 def bad_checkpoint(kind: str, good: Path, path: Path, tmp_path: Path) -> None:
@@ -316,7 +305,7 @@ def bad_checkpoint(kind: str, good: Path, path: Path, tmp_path: Path) -> None:
     elif kind == "vocab":
         torch.save({**payload, "vocab": payload["vocab"][:-1]}, path)
     elif kind == "malicious":
-        torch.save({**payload, "model": _CreatesFile(str(tmp_path / "pwned"))}, path)
+        torch.save({**payload, "model": CreatesFile(str(tmp_path / "pwned"))}, path)
     else:
         raise AssertionError(kind)
 
@@ -341,7 +330,7 @@ def test_bad_checkpoint_in_sample_resume_and_info(trained, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.pt"
     bad_checkpoint(kind, run / rundir.LATEST, bad, tmp_path)
-    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
+    before = checkpoint_bytes(run)
     assert_one_error(invoke("sample", bad, "--length", "5"), fragment)
     assert_one_error(invoke("train", corpus_file, "--resume", bad, "--max-steps", "20", *TINY), fragment)
     assert_one_error(invoke("info", bad), fragment)
@@ -354,11 +343,13 @@ def test_bad_checkpoint_in_sample_resume_and_info(trained, tmp_path, monkeypatch
     assert checkpoints_unchanged(run, before)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bad_checkpoint_in_a_real_process_prints_no_traceback(trained, tmp_path):
     run, _ = trained
     bad = tmp_path / "bad.pt"
     bad_checkpoint("malicious", run / rundir.LATEST, bad, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "charlstm", "sample", str(bad)], capture_output=True, text=True)
+    done = subprocess.run(charlstm_command("sample", bad), capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "refusing to load" in done.stderr and not (tmp_path / "pwned").exists()
@@ -386,8 +377,9 @@ def test_output_directory_not_writable(tmp_path, monkeypatch, corpus_file):
     # a path under a regular file can never be created, even by root (for whom chmod does not stop writes)
     assert_one_error(
         invoke("train", corpus_file, "--out", corpus_file / "run", "--max-steps", "3", *TINY),
-        f"output directory {corpus_file / 'run'} is not writable", "choose another --out",
-    )  # fmt: skip
+        f"output directory {corpus_file / 'run'} is not writable",
+        "choose another --out",
+    )
     assert_one_error(invoke("train", corpus_file, "--out", corpus_file, "--max-steps", "3", *TINY), "is a file")
     if not IS_ROOT:
         locked = tmp_path / "locked"
@@ -410,48 +402,71 @@ def test_disk_full_during_a_save_keeps_latest_and_best(tmp_path, monkeypatch, co
             try:  # what torch.save really does on a full disk (seen on a 700 KiB tmpfs)
                 raise OSError(28, "No space left on device")
             except OSError:
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 109248 vs 109140")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 109248 vs 109140")  # noqa: B904 (as torch.save does: the OSError is only its __context__)
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", fills_up)
-    result = invoke("train", corpus_file, "--out", run, "--max-steps", "20", "--save-every", "2", *TINY[:-3],
-                    "--eval-every", "4", "-q")  # fmt: skip
+    result = invoke(
+        "train",
+        corpus_file,
+        "--out",
+        run,
+        "--max-steps",
+        "20",
+        "--save-every",
+        "2",
+        *TINY[:-3],
+        "--eval-every",
+        "4",
+        "-q",
+    )
     monkeypatch.undo()
     assert_one_error(result, f"could not save {run / rundir.LATEST}: the disk is full; the previous file is unchanged")
-    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 6
-    assert ckpt.load_model_checkpoint(run / rundir.BEST)["progress"]["step"] == 4
+    assert saved_step(run) == 6
+    assert saved_step(run, rundir.BEST) == 4
     assert not list(run.glob(".*.tmp"))
 
 
-def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained):
-    run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
-    result = invoke("train", corpus_file, "--resume", run, "--max-steps", "30", "--lr", "1e39", *TINY)
-    line = assert_one_error(result, "stopped without saving", "last good checkpoint is kept", "try a lower --lr (now 1e+39)")
+def test_nan_loss_names_the_step_keeps_the_last_good_checkpoint(trained, tmp_path):
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
+    before = checkpoint_bytes(run)
+    # on the CPU the loss is read after every step (on a GPU every 16 steps), so the first non-finite loss is
+    # caught at its own step, before the weights it poisons could be saved
+    result = invoke(
+        "train", corpus_file, "--resume", run, "--max-steps", "30", "--lr", "1e39", *TINY, "--device", "cpu"
+    )
+    line = assert_one_error(
+        result, "stopped without saving", "last good checkpoint is kept", "try a lower --lr (now 1e+39)"
+    )
     # step 11 trains at the rate the run ended on (a changed --lr ramps in, README: Training), step 12 at 1e39
-    assert "loss became nan at step 13" in line or "NaN or infinite by step 12" in line, line
+    # and leaves non-finite weights: the loss of step 13 is nan (the next save, at step 15, is never reached)
+    assert "loss became nan at step 13;" in line, line
     assert checkpoints_unchanged(run, before)
-    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 10
+    assert saved_step(run) == 10
 
 
 def test_resume_when_the_runs_corpus_is_gone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    corpus = write(tmp_path, "gone.txt", make_text(2000).encode())
-    assert_trains(invoke("train", corpus.name, "--out", "run", "--max-steps", "3", *TINY))
+    corpus = write_bytes(tmp_path, "gone.txt", make_text(2000).encode())
+    assert_ok(invoke("train", corpus.name, "--out", "run", "--max-steps", "3", *TINY))
     corpus.unlink()
-    assert_one_error(invoke("train", "--resume", "run", "--max-steps", "6", *TINY),
-                     "the run's corpus gone.txt is not there any more", "charlstm train CORPUS --resume run")  # fmt: skip
+    assert_one_error(
+        invoke("train", "--resume", "run", "--max-steps", "6", *TINY),
+        "the run's corpus gone.txt is not there any more",
+        "charlstm train CORPUS --resume run",
+    )
 
 
-def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monkeypatch):
-    run, corpus_file = trained
-    before = {name: (run / name).read_bytes() for name in (rundir.LATEST, rundir.BEST)}
+def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, tmp_path, monkeypatch):
+    run, corpus_file = copy_run(trained[0], tmp_path), trained[1]
+    before = checkpoint_bytes(run)
     if IS_ROOT:  # root writes through chmod 0o500: make every new file in the run directory fail as it would
+
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
         monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
-        monkeypatch.setattr(rundir.tempfile, "TemporaryFile", denied)
+        monkeypatch.setattr(atomic.tempfile, "TemporaryFile", denied)
     else:
         run.chmod(0o500)
     try:
@@ -462,4 +477,4 @@ def test_run_directory_that_became_read_only_keeps_its_checkpoints(trained, monk
     line = assert_one_error(result, "Permission denied")
     assert str(run) in line
     assert checkpoints_unchanged(run, before)
-    assert ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"] == 10
+    assert saved_step(run) == 10

@@ -11,19 +11,13 @@ import pytest
 
 import charlstm.tokencache as tokencache
 import charlstm.tokens as tokens_module
-from charlstm.config import CorpusConfig
-from charlstm.corpus import load_corpus
-from charlstm.vocab import Vocab
-from charlstm.tokens import prepare_tokens
 from charlstm.errors import CharlstmError
+from charlstm.tokens import prepare_tokens
+from charlstm.vocab import Vocab
 
-from .conftest import make_text
+from .helpers import load_sources, make_text
 
 DAMAGED = "is damaged"
-
-
-def load(*paths, **options):
-    return load_corpus(CorpusConfig(paths=[str(p) for p in paths], **options))
 
 
 @pytest.fixture(params=["records", "plain"])
@@ -34,10 +28,10 @@ def corpus(request, tmp_path):
         root.mkdir()
         for i in range(5):
             (root / f"f{i}.txt").write_text(make_text(300 + 50 * i, seed=i))
-        return load(root)
+        return load_sources(root)
     path = tmp_path / "plain.txt"
     path.write_text(make_text(2000))
-    return load(path)
+    return load_sources(path)
 
 
 def prepare(corpus, run: Path, in_memory_limit: int = 1 << 20):
@@ -187,7 +181,7 @@ def test_a_resumed_vocabulary_in_its_own_order_is_reused(tmp_path):
     its order, and a cache built with another vocabulary is stale (an ordinary rebuild, not damage)."""
     path = tmp_path / "plain.txt"
     path.write_text(make_text(2000))
-    corpus, run = load(path), tmp_path / "run"
+    corpus, run = load_sources(path), tmp_path / "run"
     chars = prepare_tokens(corpus, 0.1).vocab.chars
     given = Vocab(chars[::-1] + ["~"])  # not the built order, and a character the corpus lacks
     first = prepare_tokens(corpus, 0.1, vocab=given, cache_dir=run, cache_over=0)
@@ -278,7 +272,7 @@ def records_corpus(tmp_path):
     root.mkdir()
     for i in range(5):
         (root / f"f{i}.txt").write_text(make_text(300 + 50 * i, seed=i))
-    return load(root)
+    return load_sources(root)
 
 
 def with_shape(raw: bytes, old: int, new: int) -> bytes:

@@ -1,14 +1,14 @@
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
-
 from charlstm import rundir
 from charlstm.errors import CharlstmError
+
+from .helpers import CreatesFile
 
 
 def payload(value: float = 1.0):
@@ -52,25 +52,17 @@ def test_full_disk_is_a_clear_error_and_keeps_previous(tmp_path, monkeypatch):
     assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(2, 2))
 
 
-class _CreatesFile:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_malicious_pickle_is_refused(tmp_path):
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": "charlstm", "version": 1, "model": _CreatesFile(str(target))}, evil)
+    torch.save({"format": "charlstm", "version": 1, "model": CreatesFile(str(target))}, evil)
     assert not target.exists()
     with pytest.raises(CharlstmError, match="refusing to load"):
         ckpt.load_checkpoint(evil)
     assert not target.exists()
     # a bare pickle (not a torch zip) with the same payload is refused too
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps(_CreatesFile(str(target))))
+    raw.write_bytes(pickle.dumps(CreatesFile(str(target))))
     with pytest.raises(CharlstmError):
         ckpt.load_checkpoint(raw)
     assert not target.exists()
@@ -78,7 +70,13 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content,message",
-    [(b"", "not a loadable"), (b"hello world", "not a loadable"), (None, "not a loadable"), ("other", "not a charlstm"), ("newer", "version 99")],
+    [
+        (b"", "not a loadable"),
+        (b"hello world", "not a loadable"),
+        (None, "not a loadable"),
+        ("other", "not a charlstm"),
+        ("newer", "version 99"),
+    ],
 )
 def test_bad_checkpoints(tmp_path, content, message):
     path = tmp_path / "bad.pt"

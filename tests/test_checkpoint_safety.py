@@ -42,8 +42,13 @@ def worker(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def seeds(worker, tmp_path_factory):
-    """Real checkpoints: tiny LSTM/GRU/RNN (records) runs and variants (no optimizer, start states, ranks)."""
+def seeds(request, tmp_path_factory):
+    """Real checkpoints: tiny LSTM/GRU/RNN (records) runs and variants (no optimizer, start states, ranks).
+
+    When a test of this module that uses the worker is selected, the worker is launched first (it imports torch
+    while the seeds train); otherwise (-m "not subprocess") no process is started."""
+    if any("worker" in item.fixturenames for item in request.session.items if item.module is request.module):
+        request.getfixturevalue("worker")
     return {seed.name: seed for seed in fuzz.make_seeds(tmp_path_factory.mktemp("seeds"))}
 
 
@@ -77,6 +82,7 @@ def expanded_bomb(seed: fuzz.Seed, hidden: int) -> dict:
 # ------------------------------------------------------------------------------------------ memory bombs
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("hidden", [60000, 6000])
 def test_stride0_memory_bomb_is_one_line_fast_and_small(seeds, worker, tmp_path, hidden):
     """A 15 KB file whose weights are torch.zeros(1).expand(240000, 60000) once cost 57.6 GB at the first check."""
@@ -131,6 +137,7 @@ def test_transposed_and_offset_weights(seeds, tmp_path):
     refused(tmp_path / "o.pt", "head.weight", "at offset 7")
 
 
+@pytest.mark.subprocess
 def test_compressed_entries_and_a_zip_bomb(seeds, worker, tmp_path):
     entries = fuzz.entries_of(seeds["rnn"].raw)
     fuzz.write_zip(tmp_path / "deflated.pt", entries, compress=lambda name: True)
@@ -144,10 +151,21 @@ def test_compressed_entries_and_a_zip_bomb(seeds, worker, tmp_path):
     assert answer["seconds"] < 5.0 and answer["rss_mb"] < 50, answer
 
 
-BOMBS = ["dag-corpus", "cycle", "deep-tuple-key", "colliding-keys", "deep-list", "bytearray", "tensor-new",
-         "memo-flood", "none-flood", "big-pickle"]  # fmt: skip
+BOMBS = [
+    "dag-corpus",
+    "cycle",
+    "deep-tuple-key",
+    "colliding-keys",
+    "deep-list",
+    "bytearray",
+    "tensor-new",
+    "memo-flood",
+    "none-flood",
+    "big-pickle",
+]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("variant", BOMBS)
 def test_pickle_bombs_are_refused_fast(seeds, worker, tmp_path, variant):
     """A few bytes of pickle with memo references make a structure whose naive walk is exponential (dag), a
@@ -185,8 +203,13 @@ def test_code_in_a_checkpoint_never_runs(seeds, tmp_path):
     import os
 
     marker = tmp_path / "pwned"
-    for i, evil in enumerate([_Calls(os.system, f"touch {marker}"), _Calls(open, str(marker), "w"),
-                              _Calls(exec, f"open({str(marker)!r}, 'w')")]):  # fmt: skip
+    for i, evil in enumerate(
+        [
+            _Calls(os.system, f"touch {marker}"),
+            _Calls(open, str(marker), "w"),
+            _Calls(exec, f"open({str(marker)!r}, 'w')"),
+        ]
+    ):
         path = tmp_path / f"evil{i}.pt"
         torch.save({**seeds["lstm"].payload, "corpus": {"x": evil}}, path)
         with pytest.raises(CharlstmError, match="refusing to load .* it asks to import or call"):
@@ -216,8 +239,12 @@ def test_start_states_good_loads_and_samples(seeds, tmp_path):
         (lambda s: [torch.zeros(t.shape[0], 1025, t.shape[2]) for t in s], "1 <= K <= 1024"),
         (lambda s: [t.double() for t in s], "float32"),
         (lambda s: s[0], "not a list of tensors"),
-        (lambda s: [t.expand(t.shape[0], t.shape[1], t.shape[2]).transpose(1, 2).contiguous().transpose(1, 2)
-                    for t in s], "not dense and contiguous"),  # fmt: skip
+        (
+            lambda s: [
+                t.expand(t.shape[0], t.shape[1], t.shape[2]).transpose(1, 2).contiguous().transpose(1, 2) for t in s
+            ],
+            "not dense and contiguous",
+        ),
         (lambda s: [t.masked_fill(t > 0.5, float("nan")) for t in s], "start states are not finite"),
     ],
 )
@@ -323,11 +350,21 @@ def test_metrics_line_cut_by_a_kill_is_skipped_and_the_next_row_kept(tmp_path):
 # ------------------------------------------------------------------------------------------ the fuzzer
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_seeded_fuzz_cases_load_or_refuse_with_one_line(seeds, worker, tmp_path):
     """A few hundred seeded mutations of the real checkpoints, every kind in turn: each ends in a correct load
     or a one-line CharlstmError within 5 s and 300 MB, no code runs, and the must-refuse ones are refused."""
-    results = fuzz.run_fuzz(list(seeds.values()), cases=224, seed=20240607, work=tmp_path, resume_every=10,
-                            time_limit=5.0, rss_limit_mb=300.0, worker=worker)  # fmt: skip
+    results = fuzz.run_fuzz(
+        list(seeds.values()),
+        cases=224,
+        seed=20240607,
+        work=tmp_path,
+        resume_every=10,
+        time_limit=5.0,
+        rss_limit_mb=300.0,
+        worker=worker,
+    )
     bad = [f"{r.kind}/{r.variant} ({r.seed}): {r.message}" for r in results if r.outcome == "BAD"]
     assert not bad, "\n".join(bad)
     kinds = {r.kind for r in results}

@@ -1,24 +1,19 @@
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from charlstm.cli import app
+from .helpers import charlstm_command, cli_flags, invoke
 
-runner = CliRunner()
-TINY = ["--hidden", "32", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "-q"]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
+TINY = cli_flags(hidden=32, embed=8, batch_size=4, seq_len=16, eval_every=10)
 
 
-def run_cli(*args, cwd=None):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return result
+def run_cli(*args):
+    return invoke(*args, catch_exceptions=False)
 
 
 def test_train_sample_info_end_to_end(tmp_path, corpus_file, monkeypatch):
@@ -70,31 +65,63 @@ def test_train_sample_info_end_to_end(tmp_path, corpus_file, monkeypatch):
 def test_bad_input_is_one_line_and_nonzero(tmp_path, corpus_file, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     args = [str(corpus_file) if a == "CORPUS" else a for a in args]
-    result = runner.invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_python_m_and_help():
-    done = subprocess.run([sys.executable, "-m", "charlstm", "--help"], capture_output=True, text=True)
+    done = subprocess.run(charlstm_command("--help"), capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout and "sample" in done.stdout
     for command in ("train", "sample", "info"):
-        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        help_text = invoke(command, "--help", env={"COLUMNS": "200"}).output
         assert "--help" in help_text
-    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--cell", "--layers", "--hidden", "--dropout", "--batch-size", "--seq-len", "--lr", "--grad-clip",
-                 "--max-steps", "--epochs", "--max-time", "--eval-every", "--val-frac", "--seed", "--device",
-                 "--precision", "--resume", "--out"):  # fmt: skip
+    train_help = invoke("train", "--help", env={"COLUMNS": "200"}).output
+    for flag in (
+        "--cell",
+        "--layers",
+        "--hidden",
+        "--dropout",
+        "--batch-size",
+        "--seq-len",
+        "--lr",
+        "--grad-clip",
+        "--max-steps",
+        "--epochs",
+        "--max-time",
+        "--eval-every",
+        "--val-frac",
+        "--seed",
+        "--device",
+        "--precision",
+        "--resume",
+        "--out",
+    ):
         assert flag in train_help, flag
     assert "(default: 0.1)" in train_help
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
-    command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "100000", *TINY,
-               "--eval-every", "100000", "--hidden", "64", "--save-every", "5"]  # fmt: skip
+    command = charlstm_command(
+        "train",
+        corpus_file,
+        "--max-steps",
+        "100000",
+        *TINY,
+        "--eval-every",
+        "100000",
+        "--hidden",
+        "64",
+        "--save-every",
+        "5",
+    )
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "checkpoints" / "corpus"
     deadline = time.time() + 60
@@ -109,7 +136,7 @@ def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
     assert "--resume" in stderr and signal.Signals(signum).name in stderr
     step = int(re.search(r"at step (\d+)", stderr).group(1))
     assert step > 0
-    info = runner.invoke(app, ["info", str(run / "latest.pt"), "--json"])
+    info = invoke("info", run / "latest.pt", "--json")
     assert json.loads(info.output)["step"] == step
 
 
@@ -118,7 +145,7 @@ def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus_file, m
     assert run_cli("train", corpus_file, "--max-steps", "10", *TINY).exit_code == 0
     run = tmp_path / "checkpoints" / "corpus"
     before = (run / "latest.pt").read_bytes()
-    again = runner.invoke(app, ["train", str(corpus_file), "--max-steps", "20", *TINY])
+    again = invoke("train", corpus_file, "--max-steps", "20", *TINY)
     assert again.exit_code == 1 and "already holds a run" in again.output and "--resume" in again.output
     assert (run / "latest.pt").read_bytes() == before  # untouched
     fresh = run_cli("train", corpus_file, "--max-steps", "20", "--overwrite", *TINY)

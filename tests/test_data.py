@@ -1,12 +1,14 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from charlstm.errors import CharlstmError
 from charlstm.streams import IGNORE_INDEX, Streams, fit_batch_shape
 from charlstm.textio import decode_bytes
 from charlstm.tokens import split_train_val
 from charlstm.vocab import Vocab
-from charlstm.errors import CharlstmError
 
 
 def test_vocab_round_trip_and_sorted():
@@ -42,11 +44,12 @@ def test_split_matches_nanogpt_cut_on_shakespeare_size():
     assert len(val) == 111_540
 
 
-@pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (50, 3, 100), (129, 8, 16)])
+@pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (50, 3, 100), (50, 3, 5), (129, 8, 16)])
 def test_streams_rows_continue_across_batches(n, batch, seq):
     ids = torch.arange(n)
     streams = Streams(ids, batch, seq)
     windows = list(streams)
+    checked = 0
     for k in range(len(windows) - 1):
         x_k, _ = windows[k]
         x_next, _ = windows[k + 1]
@@ -54,6 +57,11 @@ def test_streams_rows_continue_across_batches(n, batch, seq):
             last, first = int(x_k[i, -1]), int(x_next[i, 0])
             if first != 0 or last != 0:  # padded tail of the last stream reads as 0
                 assert first == last + 1, f"row {i} of window {k + 1} does not continue window {k}"
+                checked += 1
+    # at every boundary between windows, every row but the last (the one that may end in padding) was checked;
+    # (50, 3, 100) fits in one window: nothing to continue, hence (50, 3, 5)
+    assert checked >= (batch - 1) * (len(windows) - 1)
+    assert len(windows) == math.ceil(math.ceil((n - 1) / batch) / seq)
 
 
 @pytest.mark.parametrize("n,batch,seq", [(1001, 4, 10), (1000, 7, 13), (17, 2, 5), (5000, 64, 64)])
@@ -94,7 +102,9 @@ def test_decode_bytes_bom_crlf_and_errors():
 
 
 @pytest.mark.parametrize("dtype,top", [(np.uint8, 200), (np.uint16, 60000), (np.uint32, 70000)])
-@pytest.mark.parametrize("n,batch,seq,rows", [(203, 8, 7, None), (203, 8, 7, slice(4, 8)), (50, 3, 16, slice(0, 1)), (1000, 16, 32, None)])
+@pytest.mark.parametrize(
+    "n,batch,seq,rows", [(203, 8, 7, None), (203, 8, 7, slice(4, 8)), (50, 3, 16, slice(0, 1)), (1000, 16, 32, None)]
+)
 def test_device_side_gather_equals_host_gather(dtype, top, n, batch, seq, rows):
     """The gather a GPU run uses (torch ops on the resident compact ids), run on the CPU against numpy's."""
     ids = np.random.default_rng(n + batch).integers(0, top, n).astype(dtype)

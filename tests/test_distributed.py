@@ -15,58 +15,59 @@ import torch
 import torch.multiprocessing as mp
 
 from charlstm import checkpoint as ckpt
-
 from charlstm import rundir
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm import tokens as data_module
+from charlstm.config import TrainConfig
 from charlstm.corpus import load_corpus
-from charlstm.streams import Streams
 from charlstm.distributed import Distributed
 from charlstm.errors import CharlstmError
 from charlstm.loss import window_loss_sum
+from charlstm.streams import Streams
 from charlstm.train import train
 from charlstm.trainer import Trainer
 
-from .conftest import make_text
+from . import helpers
+from .helpers import TINY_RUN_FLAGS, child_env, invoke, tiny_model, torch_threads, write_corpus
 
-QUIET: dict = {}  # train() prints nothing: progress goes to on_event
 STEPS = 12
-# the same run through the CLI flags and through the config objects; dropout 0: no randomness in training
-FLAGS = ["--layers", "2", "--hidden", "24", "--embed", "8", "--batch-size", "8", "--seq-len", "16", "--eval-every", "5",
-         "--lr", "5e-3", "--device", "cpu", "-q"]  # fmt: skip
+# the same run through the CLI flags and through the config objects (helpers.tiny_model and tiny_train, on the
+# CPU); dropout 0: no randomness in training
+FLAGS = [*TINY_RUN_FLAGS, "--device", "cpu"]
 TIMEOUT = 600  # generous: a loaded 2-core machine
-
-
-def tiny_model() -> ModelConfig:
-    return ModelConfig(layers=2, hidden=24, embed=8, dropout=0.0)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, "device": "cpu", **kw})
+    return helpers.tiny_train(**{"device": "cpu", **kw})
 
 
 @pytest.fixture(scope="module")
 def corpus_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(make_text(1000), encoding="utf-8")  # 8 windows an epoch: 12 steps wrap, padding included
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 1000)  # 8 windows an epoch: 12 steps wrap, padding included
 
 
 @pytest.fixture(scope="module")
 def single_run(corpus_path, tmp_path_factory) -> Path:
     """The reference: one process, STEPS steps straight."""
     run = tmp_path_factory.mktemp("single") / "run"
-    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, **QUIET)
+    with torch_threads(1):
+        train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run)
     return run
 
 
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-
-
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "charlstm", "train", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "charlstm",
+        "train",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -122,7 +123,10 @@ def test_compile_flag_compiles_the_loss(tmp_path, corpus_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     trainer = Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3, compile=True), tmp_path / "r")
     assert compiled == [window_loss_sum] and trainer.loss_sum is window_loss_sum
-    assert Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e").loss_sum is window_loss_sum
+    assert (
+        Trainer(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=3), tmp_path / "e").loss_sum
+        is window_loss_sum
+    )
     assert len(compiled) == 1  # not without the flag
     trainer.train()
     saved = ckpt.load_checkpoint(tmp_path / "r" / rundir.LATEST)
@@ -131,13 +135,9 @@ def test_compile_flag_compiles_the_loss(tmp_path, corpus_path, monkeypatch):
 
 
 def test_compile_flag_on_the_command_line(tmp_path, corpus_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from charlstm.cli import app
-
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, *a, **k: compiled.append(module) or module)
-    result = CliRunner().invoke(app, ["train", str(corpus_path), "--max-steps", "2", "--out", str(tmp_path / "r"), "--compile", *FLAGS])
+    result = invoke("train", corpus_path, "--max-steps", "2", "--out", tmp_path / "r", "--compile", *FLAGS)
     assert result.exit_code == 0, result.output
     assert len(compiled) == 1
     assert rundir.read_run_json(tmp_path / "r")["train_config"]["compile"] is True
@@ -146,6 +146,9 @@ def test_compile_flag_on_the_command_line(tmp_path, corpus_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ two ranks
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path, corpus_path, single_run):
     run = tmp_path / "ddp"
     done = torchrun(str(corpus_path), "--max-steps", str(STEPS), "--out", str(run), *FLAGS)
@@ -163,18 +166,30 @@ def _free_port() -> int:
 
 def _rank(rank: int, port: int, corpus_path: Path, run: Path, stop_at: int) -> None:
     """One of two ranks, started by torch.multiprocessing (so that the test can stop it at a given step)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     # only rank 1 asks to stop (as when a signal reaches one process): both must stop at that step
-    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run,
-          should_stop=lambda step: rank == 1 and step == stop_at, **QUIET)  # fmt: skip
+    train(
+        load_corpus([corpus_path]),
+        tiny_model(),
+        tiny_train(max_steps=STEPS),
+        run,
+        should_stop=lambda step: rank == 1 and step == stop_at,
+    )
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, single_run, monkeypatch):
     run = tmp_path / "run"
     for key, value in child_env().items():
         monkeypatch.setenv(key, value)
-    ranks = mp.start_processes(_rank, args=(_free_port(), corpus_path, run, 6), nprocs=2, start_method="spawn", join=False)
+    ranks = mp.start_processes(
+        _rank, args=(_free_port(), corpus_path, run, 6), nprocs=2, start_method="spawn", join=False
+    )
     deadline = time.monotonic() + TIMEOUT
     while not ranks.join(timeout=1):  # raises if a rank failed
         if time.monotonic() > deadline:
@@ -182,28 +197,31 @@ def test_two_rank_checkpoint_resumes_in_one_process(tmp_path, corpus_path, singl
                 process.kill()
             pytest.fail("the two ranks did not finish (did one stop without the other?)")
     assert ckpt.load_checkpoint(run / rundir.LATEST)["progress"]["step"] == 6
-    resumed = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, resume_from=run, **QUIET)
+    resumed = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, resume_from=run)
     assert resumed.step == STEPS and resumed.world_size == 1
     assert_same_run(single_run, run)
 
 
 def _rank_encoding(rank: int, port: int, corpus_path: Path, run: Path, marks: Path) -> None:
     """A rank that caches even a tiny corpus and leaves a mark each time it encodes one."""
-    from charlstm import tokens as data
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
-    data.CACHE_OVER_BYTES = 0
-    encode = data.encode_corpus
+    data_module.CACHE_OVER_BYTES = 0
+    encode = data_module.encode_corpus
 
     def marked(*args, **kwargs):
         (marks / f"rank{rank}-{time.monotonic_ns()}").touch()
         return encode(*args, **kwargs)
 
-    data.encode_corpus = marked
-    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
+    data_module.encode_corpus = marked
+    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run)
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, corpus_path, monkeypatch):
     run, marks = tmp_path / "run", tmp_path / "marks"
     marks.mkdir()
@@ -218,30 +236,38 @@ def test_rank_0_builds_the_corpus_cache_and_the_other_ranks_reuse_it(tmp_path, c
 def _rank_that_fails_on_rank_0(rank: int, port: int, corpus_path: Path, run: Path, errors: Path, where: str) -> None:
     """A rank whose corpus scan (`where` = "corpus") or first checkpoint save ("save") fails on rank 0 only,
     as a corpus found bad by the first reader, or a full disk where rank 0 writes."""
-    from charlstm import tokens as data
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     if rank == 0 and where == "corpus":
+
         def bad_corpus(*args, **kwargs):
             raise CharlstmError("corpus is empty: bad.txt")
 
-        data.scan_corpus = bad_corpus
+        data_module.scan_corpus = bad_corpus
     if rank == 0 and where == "save":
+
         def full_disk(*args, **kwargs):
             raise CharlstmError("could not save latest.pt: the disk is full; the previous file is unchanged")
 
         ckpt.save_checkpoint = full_disk
     try:
-        train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run, **QUIET)
+        train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=2), run)
     except CharlstmError as exc:
         (errors / f"rank{rank}").write_text(str(exc))
 
 
-@pytest.mark.parametrize("where,doing,message", [
-    ("corpus", "preparing the corpus", "corpus is empty: bad.txt"),
-    ("save", "saving a checkpoint", "could not save latest.pt: the disk is full; the previous file is unchanged"),
-])  # fmt: skip
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where,doing,message",
+    [
+        ("corpus", "preparing the corpus", "corpus is empty: bad.txt"),
+        ("save", "saving a checkpoint", "could not save latest.pt: the disk is full; the previous file is unchanged"),
+    ],
+)
 def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path, corpus_path, monkeypatch, where, doing, message):
     """Rank 1 waits for rank 0 (its corpus, its save); when rank 0 fails, rank 1 must stop too, not hang."""
     errors = tmp_path / "errors"
@@ -249,8 +275,13 @@ def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path, corpus_path, monke
     for key, value in child_env().items():
         monkeypatch.setenv(key, value)
     started = time.monotonic()
-    ranks = mp.start_processes(_rank_that_fails_on_rank_0, args=(_free_port(), corpus_path, tmp_path / "run", errors, where),
-                               nprocs=2, start_method="spawn", join=False)  # fmt: skip
+    ranks = mp.start_processes(
+        _rank_that_fails_on_rank_0,
+        args=(_free_port(), corpus_path, tmp_path / "run", errors, where),
+        nprocs=2,
+        start_method="spawn",
+        join=False,
+    )
     while not ranks.join(timeout=1):
         if time.monotonic() - started > 120:
             for process in ranks.processes:
@@ -260,15 +291,20 @@ def test_a_failure_on_rank_0_alone_stops_every_rank(tmp_path, corpus_path, monke
     assert (errors / "rank1").read_text() == f"another process failed while {doing} (it says why)"
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two_ranks(tmp_path, corpus_path, single_run):
     run = tmp_path / "run"
-    first = train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run,
-                  should_stop=lambda step: step == 7, **QUIET)  # fmt: skip
+    first = train(
+        load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS), run, should_stop=lambda step: step == 7
+    )
     assert first.step == 7
     torchrun(str(corpus_path), "--resume", str(run), "--device", "cpu", "-q")
     assert_same_run(single_run, run)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, corpus_path):
     """A real torch.compile (CPU, C++ compiler needed) trains the same weights as eager, within float tolerance.
 
@@ -295,10 +331,10 @@ def test_bf16_trains_and_resumes_or_is_refused_in_one_line(tmp_path, corpus_path
     corpus = load_corpus([corpus_path])
     config = tiny_train(max_steps=4, eval_every=2, precision="bf16")
     try:
-        first = train(corpus, tiny_model(), config, tmp_path / "r", should_stop=lambda step: step == 2, **QUIET)
+        first = train(corpus, tiny_model(), config, tmp_path / "r", should_stop=lambda step: step == 2)
     except CharlstmError as exc:
         assert str(exc) == "--precision bf16: this cpu cannot run recurrent layers in bf16; use --precision fp32"
         return
     assert first.precision == "bf16"
-    resumed = train(corpus, tiny_model(), config, tmp_path / "r", resume_from=tmp_path / "r", **QUIET)
+    resumed = train(corpus, tiny_model(), config, tmp_path / "r", resume_from=tmp_path / "r")
     assert resumed.step == 4 and math.isfinite(resumed.best_val_loss)

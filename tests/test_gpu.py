@@ -18,19 +18,19 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
-
 from charlstm import rundir
 from charlstm.config import SampleConfig
 from charlstm.corpus import load_corpus
-from charlstm.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.sample import LoadedModel, load_model, sample_text
+from charlstm.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.train import train
 from charlstm.trainer import Trainer
 
-from .conftest import make_text
-from .test_distributed import FLAGS, QUIET, STEPS, child_env, tiny_model, tiny_train
-from .test_steppers import CHARS, END_OF_RECORD, random_model
+from .helpers import END_OF_RECORD, TINY_RUN_FLAGS, child_env, tiny_model, tiny_train, write_corpus
+from .helpers import SAMPLE_CHARS as CHARS
+from .helpers import random_loaded_model as random_model
 
+STEPS = 12
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -40,9 +40,7 @@ def on_gpu(loaded: LoadedModel) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def corpus_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(make_text(1000), encoding="utf-8")
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 1000)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -82,9 +80,9 @@ def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpu
     assert x.device.type == y.device.type == "cuda"
     first = trainer.train(should_stop=lambda step: step == 6)
     assert first.step == 6 and first.precision == precision and first.device.startswith("cuda")
-    resumed = train(corpus, tiny_model(), config, tmp_path / "run", resume_from=tmp_path / "run", **QUIET)
+    resumed = train(corpus, tiny_model(), config, tmp_path / "run", resume_from=tmp_path / "run")
     assert resumed.step == STEPS and math.isfinite(resumed.best_val_loss)
-    straight = train(corpus, tiny_model(), config, tmp_path / "straight", **QUIET)
+    train(corpus, tiny_model(), config, tmp_path / "straight")
     a, b = (ckpt.load_checkpoint(tmp_path / name / rundir.LATEST)["model"] for name in ("run", "straight"))
     tolerance = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
     for key in a:  # resumed == straight, up to cuDNN's choice of kernels (and bf16 rounding)
@@ -94,13 +92,36 @@ def test_gpu_training_is_resident_resumes_and_samples_on_the_cpu(tmp_path, corpu
     assert len(text) == 200 and set(text) <= set(loaded.vocab.chars)
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
     single = tmp_path / "single"
-    train(load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS, device="cuda", precision="fp32"), single, **QUIET)
-    flags = ["cuda" if flag == "cpu" else flag for flag in FLAGS]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charlstm",
-               "train", str(corpus_path), "--max-steps", str(STEPS), "--precision", "fp32", "--out", str(tmp_path / "ddp"), *flags]  # fmt: skip
+    train(
+        load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS, device="cuda", precision="fp32"), single
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "charlstm",
+        "train",
+        str(corpus_path),
+        "--max-steps",
+        str(STEPS),
+        "--precision",
+        "fp32",
+        "--out",
+        str(tmp_path / "ddp"),
+        *TINY_RUN_FLAGS,
+        "--device",
+        "cuda",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert rundir.read_run_json(tmp_path / "ddp")["world_size"] == 2

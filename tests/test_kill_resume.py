@@ -5,7 +5,6 @@ often in the middle of a save, and resumed each time; at the end the run must re
 the same weights as a run that was never interrupted.
 """
 
-import os
 import random
 import signal
 import subprocess
@@ -17,53 +16,51 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+import charlstm.trainer as train_module
 from charlstm import checkpoint as ckpt
-
 from charlstm import rundir
-from charlstm.cli import app
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import Corpus
 from charlstm.trainer import Trainer
 
-from .conftest import make_text
+from .helpers import charlstm_command, cli_flags, invoke, memory_corpus, one_thread_env, saved_step, write_corpus
 
 TARGET_STEPS = 400  # far more than three short rounds can reach, even on a fast machine
 SAVE_EVERY = 2  # frequent saves, so that many kills land inside one
-TINY = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "25",
-        "--max-steps", str(TARGET_STEPS), "--save-every", str(SAVE_EVERY), "-q"]  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = cli_flags(
+    hidden=16, embed=8, batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS, save_every=SAVE_EVERY
+)
+ENV = one_thread_env()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_command(corpus: Path, run: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "charlstm", "train", str(corpus), "--out", str(run), *TINY] + (
-        ["--resume", str(run)] if resume else []
-    )
+    return charlstm_command("train", corpus, "--out", run, *TINY, *(["--resume", run] if resume else []))
 
 
-def saved_step(run: Path) -> int:
-    """The step in latest.pt, loaded the way a resume loads it (this fails if the file is damaged)."""
-    return ckpt.load_model_checkpoint(run / rundir.LATEST)["progress"]["step"]
-
-
-def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Until latest.pt is (re)written by this process, so every round makes progress before it is killed."""
-    latest = run / rundir.LATEST
-    before = latest.stat().st_mtime_ns if latest.exists() else None
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Until `condition()` holds (True) or the process ends or the time is up (False)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.stat().st_mtime_ns != before:
-            return
+        if condition():
+            return True
         time.sleep(0.005)
+    return False
+
+
+def wait_for_new_save(run: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Until latest.pt is (re)written by this process (True), so every round makes progress before it is killed."""
+    latest = run / rundir.LATEST
+    before = latest.stat().st_mtime_ns if latest.exists() else None
+    return wait_until(lambda: latest.exists() and latest.stat().st_mtime_ns != before, proc, timeout)
 
 
 def resume_in_process(corpus: Path, run: Path):
     """The last resume runs through the CLI in this process (a subprocess costs seconds of start-up), saving
     less often (saves do not change what is learned) so that it finishes quickly."""
     args = train_command(corpus, run, resume=True)[3:] + ["--save-every", "100"]  # after `python -m charlstm`
-    result = CliRunner().invoke(app, args)
+    result = invoke(*args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
@@ -77,32 +74,39 @@ def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tenso
     return ckpt.load_checkpoint(tmp_path / "reference" / rundir.LATEST)["model"]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     rng = random.Random(20240611)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
+    corpus = write_corpus(tmp_path, 3000)
     run = tmp_path / "run"
     steps_seen, kills, leftovers = [], 0, 0
     for round_ in range(3):
-        proc = subprocess.Popen(train_command(corpus, run, resume=(run / rundir.LATEST).exists()), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+        proc = subprocess.Popen(
+            train_command(corpus, run, resume=(run / rundir.LATEST).exists()),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         if round_ == 0:  # the first kill may come before any checkpoint exists
-            while not run.exists() and proc.poll() is None:
-                time.sleep(0.005)
+            started = wait_until(run.exists, proc)
         else:
-            wait_for_new_save(run, proc)
+            started = wait_for_new_save(run, proc)
         time.sleep(rng.uniform(0.0, 0.15))
+        running = proc.poll() is None  # not finished, nor failed, in the meantime
         proc.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         assert "Traceback" not in stderr, stderr
-        assert proc.returncode == -signal.SIGKILL
-        kills += 1
+        assert proc.returncode == -signal.SIGKILL, stderr
+        kills += started and running  # a kill that interrupted a process at work on the run
         leftovers += len(list(run.glob(".*.tmp")))
         if (run / rundir.LATEST).exists():
             steps_seen.append(saved_step(run))  # loads: a kill never leaves a damaged latest.pt
             if (run / rundir.BEST).exists():
                 ckpt.load_model_checkpoint(run / rundir.BEST)
-    assert kills == 3, f"only {kills} kills landed"
+    assert kills == 3, f"only {kills} of 3 kills interrupted a running training process"
     assert steps_seen == sorted(steps_seen), f"a resume went backwards: {steps_seen}"
     assert steps_seen and steps_seen[-1] < TARGET_STEPS
 
@@ -136,13 +140,20 @@ KILL_IN_SAVE = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(3000), encoding="utf-8")
+    corpus = write_corpus(tmp_path, 3000)
     run = tmp_path / "run"
     args = train_command(corpus, run, resume=False)[3:]  # after `python -m charlstm`
-    killed = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *args], cwd=tmp_path, capture_output=True,
-                            text=True, env={**ENV, "KILL_AT_SAVE": "4"}, timeout=120)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SAVE, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**ENV, "KILL_AT_SAVE": "4"},
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert list(run.glob(".latest.pt.*.tmp")), "the kill should have landed inside a save"
     assert saved_step(run) == 3 * SAVE_EVERY  # the third save is intact; the fourth never replaced it
@@ -156,8 +167,6 @@ def test_sigkill_inside_a_save_keeps_previous_checkpoint_and_resumes(tmp_path):
 @pytest.mark.parametrize("every", ["steps", "seconds"])
 def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every):
     """Between two saves there are never more than --save-every steps (or seconds of training)."""
-    import charlstm.trainer as train_module
-
     clock = iter(range(10**6))
     fake_time = SimpleNamespace(perf_counter=lambda: next(clock) * 0.25)  # every call: +0.25 s
     monkeypatch.setattr(train_module, "time", fake_time)  # the trainer's clock only
@@ -172,9 +181,8 @@ def test_save_every_bounds_the_work_a_kill_can_lose(tmp_path, monkeypatch, every
     monkeypatch.setattr(ckpt, "save_checkpoint", recording_save)
     limit = {"save_every": 7} if every == "steps" else {"save_every_seconds": 3.0}
     config = TrainConfig(batch_size=4, seq_len=16, eval_every=1000, max_steps=60, **limit)
-    corpus = Corpus(text=make_text(2000), name="tiny", sources=["memory"])
-    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run").train(
-        )
+    corpus = memory_corpus(2000)
+    Trainer(corpus, ModelConfig(hidden=16, embed=8), config, tmp_path / "run").train()
     steps = [0] + [s for s, _ in saves]
     seconds = [0.0] + [t for _, t in saves]
     assert steps[-1] == 60 and len(saves) >= 5

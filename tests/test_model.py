@@ -5,6 +5,8 @@ from charlstm.config import ModelConfig
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, detach_state, state_from_list, state_to_list
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
+
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_shapes_and_state(cell):

@@ -10,31 +10,28 @@ import torch
 from charlstm import starts
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
 from charlstm.corpus import Corpus
-from charlstm.tokens import prepare_tokens
-from charlstm.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
 from charlstm.model import CharRNN
 from charlstm.sample import LoadedModel, load_model, sample_text
 from charlstm.starts import record_start_states
+from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm.tokens import prepare_tokens
 from charlstm.train import train
+from charlstm.vocab import Vocab
+
+from .helpers import END_OF_RECORD, SAMPLE_CHARS, scaled_random_model, torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EOR = 0  # the end-of-record marker's id: Vocab puts "" first
-CHARS = ["", *"\n .,;abcdefghijklmnopqrstuvwxyz"]
-QUIET: dict = {}  # train() prints nothing: progress goes to on_event
+CHARS = [END_OF_RECORD, *SAMPLE_CHARS]
 
 
-def random_model(cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 2.0,
-                 dropout: float = 0.0) -> CharRNN:  # fmt: skip
+def random_model(
+    cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 2.0, dropout: float = 0.0
+) -> CharRNN:
     """Random weights scaled up so that states and next-character distributions are far from uniform."""
-    torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(vocab_size=len(CHARS), cell=cell, layers=layers, hidden=hidden, embed=8, dropout=dropout))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(gain)
-    return model.eval()
+    return scaled_random_model(len(CHARS), cell, layers, hidden, seed, gain, dropout)
 
 
 def random_ids(n: int, seed: int = 0) -> np.ndarray:
@@ -70,7 +67,9 @@ def test_shapes_and_none_without_records(cell):
     many = with_markers(3000, every=30)  # 100 markers
     assert record_start_states(model, many, EOR, k=64)[0].shape == (2, 64, 24)
     assert record_start_states(model, many, EOR, k=5)[0].shape == (2, 5, 24)
-    assert torch.equal(record_start_states(model, torch.from_numpy(many), EOR)[0], record_start_states(model, many, EOR)[0])
+    assert torch.equal(
+        record_start_states(model, torch.from_numpy(many), EOR)[0], record_start_states(model, many, EOR)[0]
+    )
 
 
 def test_same_seed_same_states_and_another_seed_other_markers():
@@ -255,13 +254,9 @@ def a_model(tmp_path_factory):
     run = tmp_path_factory.mktemp("a-records")
     corpus = Corpus(records=a_records(), name="a")
     config = TrainConfig(batch_size=64, seq_len=16, max_steps=200, eval_every=200, lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is faster on a loaded machine
-    try:
-        train(corpus, ModelConfig(hidden=48, embed=16), config, run, **QUIET)
+    with torch_threads(1):  # a tiny model: one thread is faster on a loaded machine
+        train(corpus, ModelConfig(hidden=48, embed=16), config, run)
         add_start_states(run, corpus, config.val_frac)
-    finally:
-        torch.set_num_threads(threads)
     return load_model(run)
 
 

@@ -12,40 +12,28 @@ import time
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
+import charlstm.trainer as train_module
 from charlstm import checkpoint as ckpt
-
-from charlstm import rundir
-from charlstm import validation
-from charlstm.cli import app
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import Corpus
-from charlstm.streams import Streams
+from charlstm import rundir, validation
+from charlstm.config import ModelConfig
 from charlstm.model import CharRNN
 from charlstm.progress import ConsoleProgress
 from charlstm.schedule import lr_at
+from charlstm.streams import Streams
 from charlstm.train import train
 from charlstm.trainer import Trainer
 from charlstm.validation import evaluate
 
-from .conftest import make_text, notes_into
+from . import helpers
+from .helpers import charlstm_command, cli_flags, curve, invoke, make_text, memory_corpus, notes_into, tiny_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUIET: dict = {}  # train() prints nothing: progress goes to on_event
-runner = CliRunner()
+TINY = cli_flags(hidden=16, embed=8, batch_size=4, seq_len=8, eval_every=5)
 
 
 def tiny_model(**kw):
-    return ModelConfig(**{"layers": 1, "hidden": 24, "embed": 8, **kw})
-
-
-def tiny_train(**kw):
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
-
-
-def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(run_dir)]
+    return helpers.tiny_model(**{"layers": 1, **kw})
 
 
 # ------------------------------------------------------------------------------------------ the slice
@@ -79,11 +67,13 @@ def test_whole_split_slice_matches_the_carried_state_evaluation():
 
 def test_periodic_validation_scores_only_its_slice(tmp_path):
     """On a big validation split, each periodic check reads about --eval-chars characters, not the whole split."""
-    corpus = Corpus(text=make_text(120_000, seed=3), name="big", sources=["memory"])
+    corpus = memory_corpus(120_000, seed=3, name="big")
     config = tiny_train(max_steps=10, val_frac=0.5, eval_chars=2048, final_eval_chars=8192)
     trainer = Trainer(corpus, tiny_model(), config, tmp_path / "run")
     evaluated = []
-    trainer.model.register_forward_hook(lambda m, args, out: evaluated.append(args[0].numel()) if not m.training else None)
+    trainer.model.register_forward_hook(
+        lambda m, args, out: evaluated.append(args[0].numel()) if not m.training else None
+    )
     trainer.train()
     per_check = len(trainer.periodic_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
     final = len(trainer.final_slice.segments) * (validation.SEGMENT + validation.BURN_IN)
@@ -101,6 +91,7 @@ def test_periodic_validation_scores_only_its_slice(tmp_path):
 # -------------------------------------------------------------------------------------- the clock
 
 
+@pytest.mark.slow
 def test_max_time_counts_validations(tmp_path, monkeypatch):
     """--max-time is the run's wall clock: slow validations use the budget instead of stretching the run."""
     real = validation.evaluate_slice
@@ -110,9 +101,9 @@ def test_max_time_counts_validations(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(validation, "evaluate_slice", slow)
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     started = time.perf_counter()
-    result = train(corpus, tiny_model(), tiny_train(max_time=2.0, eval_every=1), tmp_path / "r", **QUIET)
+    result = train(corpus, tiny_model(), tiny_train(max_time=2.0, eval_every=1), tmp_path / "r")
     wall = time.perf_counter() - started
     assert result.stopped_by == "max_time"
     # training time alone would have run to 2 s (and taken ~100 validations of 0.3 s): most of it went to them
@@ -136,7 +127,7 @@ def interrupt_during(phase: str, delay: float = 0.05):
 
 
 def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeypatch):
-    corpus = Corpus(text=make_text(40_000, seed=5), name="tiny", sources=["memory"])
+    corpus = memory_corpus(40_000, seed=5)
     # a validation that would take seconds: the whole split (20,000 characters) chunk by chunk, slowed down
     config = tiny_train(max_steps=12, eval_every=6, val_frac=0.5, eval_chars=10**6)
     real = validation.evaluate_slice
@@ -148,7 +139,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
         return real(*args, should_abort=abort, **kwargs)
 
-    straight = train(corpus, tiny_model(), config, tmp_path / "a", **QUIET)
+    straight = train(corpus, tiny_model(), config, tmp_path / "a")
     assert straight.step == 12
 
     monkeypatch.setattr(validation, "evaluate_slice", slow_chunks)
@@ -162,7 +153,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
     assert rundir.read_metrics(tmp_path / "b") == []  # the cut validation wrote no row
     monkeypatch.setattr(validation, "evaluate_slice", real)
 
-    resumed = train(corpus, tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b", **QUIET)
+    resumed = train(corpus, tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b")
     assert resumed.step == 12
     assert curve(tmp_path / "a") == curve(tmp_path / "b")  # the pending validation ran first on resume
     a, b = ckpt.load_checkpoint(tmp_path / "a" / "latest.pt"), ckpt.load_checkpoint(tmp_path / "b" / "latest.pt")
@@ -172,7 +163,6 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
 
 def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
     """Reading the corpus is interruptible: nothing trained, nothing saved, KeyboardInterrupt (the CLI exits 130)."""
-    import charlstm.trainer as train_module
 
     def slow_prepare(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -180,10 +170,10 @@ def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
         raise AssertionError("not interrupted")
 
     monkeypatch.setattr(train_module, "prepare_tokens", slow_prepare)
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+        train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r")
     assert time.perf_counter() - started < 4
     assert not (tmp_path / "r" / "latest.pt").exists()
 
@@ -193,10 +183,9 @@ def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
 
 def test_resume_of_a_spent_budget_says_so(tmp_path, corpus_file):
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), *tiny]).exit_code == 0
+    assert invoke("train", corpus_file, "--max-steps", "10", "--out", run, *TINY).exit_code == 0
     before = (run / "latest.pt").read_bytes()
-    again = runner.invoke(app, ["train", "--resume", str(run)])
+    again = invoke("train", "--resume", run)
     assert again.exit_code == 0, again.output
     assert "already used its budget (--max-steps 10" in again.stderr
     assert f"charlstm train --resume {run} --max-steps 20" in again.stderr  # how to extend it
@@ -204,10 +193,9 @@ def test_resume_of_a_spent_budget_says_so(tmp_path, corpus_file):
 
 
 def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
+    corpus = memory_corpus(3000)
     config = tiny_train(max_steps=20, warmup_frac=0.1)
     lrs: dict[int, float] = {}
-
     notes = []
 
     def record(kind, data):
@@ -219,8 +207,15 @@ def test_extended_budget_ramps_from_the_rate_it_stopped_at(tmp_path):
     assert lrs[20] == pytest.approx(lr_at(config, 19 / 20))
     stopped_at = lr_at(config, 20 / 20)  # where the schedule stood when the run ended: its floor
     longer = tiny_train(max_steps=40, warmup_frac=0.1)
-    train(corpus, tiny_model(), longer, tmp_path / "x", resume_from=tmp_path / "r", explicit={"max_steps"},
-          on_event=record)  # fmt: skip
+    train(
+        corpus,
+        tiny_model(),
+        longer,
+        tmp_path / "x",
+        resume_from=tmp_path / "r",
+        explicit={"max_steps"},
+        on_event=record,
+    )
     message = next(n for n in notes if "re-planned" in n)
     assert "--max-steps 20 -> --max-steps 40" in message and f"{stopped_at:.2e}" in message
     # step 21 trains at the rate the run ended on (no jump); the ramp ends 10% of the budget (4 steps) later on
@@ -238,11 +233,23 @@ def test_piped_progress_is_plain_lines():
     stream = io.StringIO()
     view = ConsoleProgress(stream=stream, tty=False, line_every=0.0)
     for step in range(1, 4):
-        view("step", {"step": step, "fraction": step / 10, "loss": 2.0, "chars_per_second": 1000.0, "lr": 1e-3,
-                      "elapsed": float(step), "remaining": 10.0 - step})  # fmt: skip
+        view(
+            "step",
+            {
+                "step": step,
+                "fraction": step / 10,
+                "loss": 2.0,
+                "chars_per_second": 1000.0,
+                "lr": 1e-3,
+                "elapsed": float(step),
+                "remaining": 10.0 - step,
+            },
+        )
     view("phase", {"phase": "validating"})
-    view("validation", {"row": {"step": 3, "chars_seen": 300, "train_loss": 2.1, "val_loss": 2.0, "elapsed": 3.0},
-                        "improved": True})  # fmt: skip
+    view(
+        "validation",
+        {"row": {"step": 3, "chars_seen": 300, "train_loss": 2.1, "val_loss": 2.0, "elapsed": 3.0}, "improved": True},
+    )
     text = stream.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
@@ -252,8 +259,7 @@ def test_piped_progress_is_plain_lines():
 
 def test_cli_piped_output_shows_validation_lines(tmp_path, corpus_file):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(corpus_file), "--max-steps", "10", "--out", str(run), "--hidden", "16",
-                                 "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5"])  # fmt: skip
+    result = invoke("train", corpus_file, "--max-steps", "10", "--out", run, *TINY[:-1])  # not quiet
     assert result.exit_code == 0, result.output
     assert "\r" not in result.stderr
     assert "step 5 · 160 chars · train" in result.stderr and "step 10 · 320 chars" in result.stderr
@@ -266,25 +272,33 @@ def test_info_with_no_path_shows_the_newest_run_readably(tmp_path, monkeypatch):
     tree.mkdir()
     for i in range(6):
         (tree / f"m{i}.py").write_text(make_text(800, seed=i))
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(tree), "--glob", "*.py", "--max-steps", "5", *tiny]).exit_code == 0
-    shown = runner.invoke(app, ["info"], env={"COLUMNS": "200"})
+    assert invoke("train", tree, "--glob", "*.py", "--max-steps", "5", *TINY).exit_code == 0
+    shown = invoke("info", env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "Newest run: checkpoints/src" in shown.stderr
     out = shown.stdout
     assert "{" not in out and "'" not in out  # no dict dump
-    for expected in ("sources", str(tree), "globs", "*.py", "records", "6 ", "characters", "vocabulary",
-                     "best val loss", "final val loss"):  # fmt: skip
+    for expected in (
+        "sources",
+        str(tree),
+        "globs",
+        "*.py",
+        "records",
+        "6 ",
+        "characters",
+        "vocabulary",
+        "best val loss",
+        "final val loss",
+    ):
         assert expected in out, expected
 
 
 def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, corpus_file):
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8", "--eval-every", "5", "-q"]
-    assert runner.invoke(app, ["train", str(corpus_file), "--max-steps", "5", "--out", str(run), *tiny]).exit_code == 0
+    assert invoke("train", corpus_file, "--max-steps", "5", "--out", run, *TINY).exit_code == 0
     text = (run / "run.json").read_text()
     (run / "run.json").write_text(text[: len(text) // 2])  # cut short
-    shown = runner.invoke(app, ["info", str(run), "--json"])
+    shown = invoke("info", run, "--json")
     assert shown.exit_code == 0, shown.output
     data = json.loads(shown.stdout)
     assert data["step"] == 5 and data["checkpoint"].endswith("latest.pt")
@@ -292,32 +306,45 @@ def test_info_falls_back_to_the_checkpoint_when_run_json_is_damaged(tmp_path, co
 
 def test_resume_from_weights_without_optimizer_state(tmp_path):
     """A checkpoint shared without its optimizer state still resumes: AdamW starts afresh, and it says so."""
-    corpus = Corpus(text=make_text(3000), name="tiny", sources=["memory"])
-    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+    corpus = memory_corpus(3000)
+    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r")
     payload = torch.load(tmp_path / "r" / "latest.pt", weights_only=True)
     del payload["optimizer"]
     torch.save(payload, tmp_path / "r" / "latest.pt")
     notes = []
-    result = train(corpus, tiny_model(), tiny_train(max_steps=8), tmp_path / "x", resume_from=tmp_path / "r",
-                   explicit={"max_steps"}, on_event=notes_into(notes))  # fmt: skip
+    result = train(
+        corpus,
+        tiny_model(),
+        tiny_train(max_steps=8),
+        tmp_path / "x",
+        resume_from=tmp_path / "r",
+        explicit={"max_steps"},
+        on_event=notes_into(notes),
+    )
     assert result.step == 8 and any("no optimizer state" in n for n in notes)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_terminal_shows_a_bar_with_validation_lines_above_it(tmp_path, corpus_file):
     """On a terminal (a pseudo-terminal here), the bar redraws in place and each validation prints a line."""
-    import pty
-    import subprocess
-    import sys
-
     import fcntl
+    import pty
     import struct
+    import subprocess
     import termios
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))  # a 160 x 30 terminal
-    command = [sys.executable, "-m", "charlstm", "train", str(corpus_file), "--max-steps", "40", "--out",
-               str(tmp_path / "run"), "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
-               "--eval-every", "20"]  # fmt: skip
+    command = charlstm_command(
+        "train",
+        corpus_file,
+        "--max-steps",
+        "40",
+        "--out",
+        tmp_path / "run",
+        *cli_flags(hidden=16, embed=8, batch_size=4, seq_len=8, eval_every=20, quiet=False),
+    )
     proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
     chunks = []

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import charlstm.cli
+import charlstm.train
 from charlstm import runlock
 from charlstm.errors import CharlstmError
 from charlstm.runlock import LOCK_NAME, RunLock, read_holder
 
-from .conftest import make_text
+from .helpers import TINY_FLAGS, charlstm_command, one_thread_env, write_corpus
 
 fcntl = pytest.importorskip("fcntl")  # Windows has no flock: there the lock is a no-op (tested below)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = one_thread_env()
 # a process that holds a run's lock until killed: prints "locked" once it holds it
 HOLDER = textwrap.dedent(
     """
@@ -74,15 +76,15 @@ def test_reentrant_in_one_process_released_on_the_last_release(tmp_path):
     assert inner is outer and inner.held
     inner.release()
     assert outer.held, "the inner release must not free the outer holder's lock"
-    with open(tmp_path / LOCK_NAME, "rb") as other:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / LOCK_NAME, "rb") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     outer.release()
     outer.release()  # extra releases are ignored
     with open(tmp_path / LOCK_NAME, "rb") as other:
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
 
 
+@pytest.mark.subprocess
 def test_another_process_holds_it_then_is_killed_and_leaves_no_stuck_lock(tmp_path):
     run = tmp_path / "run"
     holder = start_holder(run)
@@ -98,6 +100,7 @@ def test_another_process_holds_it_then_is_killed_and_leaves_no_stuck_lock(tmp_pa
         assert lock.held and read_holder(run)["pid"] == os.getpid()
 
 
+@pytest.mark.subprocess
 def test_a_subprocess_is_refused_while_this_process_holds_it(tmp_path):
     with RunLock.acquire(tmp_path):
         code = "import sys\nfrom charlstm.runlock import RunLock\nRunLock.acquire(sys.argv[1])"
@@ -144,7 +147,9 @@ def test_the_lock_file_is_never_replaced(tmp_path):
 def test_not_a_directory_read_only_link_and_no_fcntl(tmp_path, monkeypatch):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(CharlstmError, match=r"output directory .*file is a file, not a directory; choose another --out"):
+    with pytest.raises(
+        CharlstmError, match=r"output directory .*file is a file, not a directory; choose another --out"
+    ):
         RunLock.acquire(a_file)
     link_run = tmp_path / "linked"
     link_run.mkdir()
@@ -176,25 +181,26 @@ def test_not_a_directory_read_only_link_and_no_fcntl(tmp_path, monkeypatch):
 
 
 def _lock_wired() -> bool:
-    import charlstm.cli
-    import charlstm.train
-
     return any("runlock" in inspect.getsource(module) for module in (charlstm.train, charlstm.cli))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.skipif(not _lock_wired(), reason="run lock not wired into train yet")
 def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(4000))
+    corpus = write_corpus(tmp_path, 4000)
     run = tmp_path / "run"
-    tiny = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5"]
+    tiny = TINY_FLAGS[:-1]  # not quiet
     # a budget far beyond the test (it is stopped with SIGINT): on a loaded machine the first must still be
     # training when the second, slow to start, reaches the lock
     first = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "train", str(corpus), "--max-time", "10m", "--out", str(run), "-q",
-         *tiny, "--save-every", "2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+        charlstm_command("train", corpus, "--max-time", "10m", "--out", run, "-q", *tiny, "--save-every", "2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 30
         # held (its details name it), and a checkpoint to resume exists (else --resume fails before locking)
@@ -208,10 +214,16 @@ def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
             ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", "5", "-q", *tiny],
         ]
         seconds = [
-            subprocess.Popen([sys.executable, "-m", "charlstm", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
+            subprocess.Popen(
+                charlstm_command(*args),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=ENV,
+            )
             for args in attempts
-        ]  # fmt: skip
+        ]
         for second in seconds:
             # refused, not blocked until the first finishes (that would time out, or train and exit 0); no tighter
             # time bound: the start-up (importing torch) takes 3 s idle but 17 s at load 8 on 2 cores

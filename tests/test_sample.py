@@ -1,22 +1,30 @@
 import pytest
 import torch
 
+from charlstm import sample as sample_module
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.corpus import Corpus
-from charlstm.errors import CharlstmError
 from charlstm.draw import choose, filter_logits
-from charlstm.sample import load_model, sample_text
+from charlstm.errors import CharlstmError
+from charlstm.model import CharRNN
+from charlstm.sample import LoadedModel, load_model, sample_text
 from charlstm.train import train
+from charlstm.vocab import Vocab
 
-from .conftest import make_text
+from .helpers import memory_corpus, torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    corpus = Corpus(text=make_text(4000), name="tiny", sources=["memory"])
-    train(corpus, ModelConfig(hidden=48, embed=16), TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30),
-          run)  # fmt: skip
+    with torch_threads(1):
+        train(
+            memory_corpus(4000),
+            ModelConfig(hidden=48, embed=16),
+            TrainConfig(batch_size=8, seq_len=32, max_steps=60, eval_every=30),
+            run,
+        )
     return load_model(run)
 
 
@@ -49,7 +57,9 @@ def test_batch_of_samples_and_stop(trained):
     texts = sample_text(trained, SampleConfig(length=120, seed=3, num_samples=5))
     assert len(texts) == 5 and len(set(texts)) > 1
     stopped = sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4, stop=["."]))
-    for full, cut in zip(sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4)), stopped):
+    full_texts = sample_text(trained, SampleConfig(length=400, seed=3, num_samples=4))
+    assert any("." in full for full in full_texts), full_texts  # the stop string is met (else nothing is checked)
+    for full, cut in zip(full_texts, stopped):
         if "." in full:
             assert cut == full[: full.index(".")]
         else:
@@ -91,15 +101,12 @@ class ScriptedStepper:
     ],
 )
 def test_stop_strings_and_end_of_record_emit_exactly_the_text_before_them(monkeypatch, stream, stop, expected):
-    from charlstm import sample as sample_module
-    from charlstm.vocab import Vocab
-    from charlstm.model import CharRNN
-    from charlstm.sample import LoadedModel
-
     vocab = Vocab(["", *"abcdqxyz"])  # id 0: end of record
     ids = [0 if c == "|" else vocab.index[c] for c in stream]
     other = [vocab.index["d"]] * len(ids)  # a second sample that never stops
-    monkeypatch.setattr(sample_module, "make_stepper", lambda *a, **k: ScriptedStepper([[i, o] for i, o in zip(ids, other)]))
+    monkeypatch.setattr(
+        sample_module, "make_stepper", lambda *a, **k: ScriptedStepper([[i, o] for i, o in zip(ids, other)])
+    )
     model = CharRNN(ModelConfig(vocab_size=len(vocab.chars), hidden=8, embed=4))
     loaded = LoadedModel(model=model, vocab=vocab, path=None, payload={})
     texts = sample_text(loaded, SampleConfig(length=len(ids), seed=0, num_samples=2, stop=stop))

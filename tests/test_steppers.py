@@ -1,32 +1,21 @@
 """The fast samplers reproduce the plain per-character path: same uniforms, same rule, same text."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from charlstm.config import ModelConfig, SampleConfig
-from charlstm.vocab import Vocab
-from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
 from charlstm import draw, steppers
+from charlstm.config import SampleConfig
+from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
+from charlstm.sample import sample_text
+from charlstm.starts import record_start_states
 from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel, sample_text
 
-CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
-END_OF_RECORD = ""
+from .helpers import END_OF_RECORD, torch_threads
+from .helpers import SAMPLE_CHARS as CHARS
+from .helpers import random_loaded_model as random_model
 
-
-def random_model(cell: str = "lstm", layers: int = 2, hidden: int = 24, seed: int = 0, gain: float = 3.0,
-                 chars: list[str] = CHARS) -> LoadedModel:  # fmt: skip
-    """Random weights scaled up so the next-character distributions are far from uniform."""
-    torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(vocab_size=len(chars), cell=cell, layers=layers, hidden=hidden, embed=8))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(gain)
-    return LoadedModel(model=model.eval(), vocab=Vocab(chars), path=Path("random"), payload={})
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def test_uniform_chunks_are_the_per_step_stream():
@@ -39,7 +28,9 @@ def test_uniform_chunks_are_the_per_step_stream():
 
 
 @pytest.mark.parametrize("rows", [1, 7, 40])  # 40: exp and cumsum in torch
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (0.9, 0, 0.8), (1.0, 10, 0.6), (0, 0, 1.0)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (0.9, 0, 0.8), (1.0, 10, 0.6), (0, 0, 1.0)]
+)
 def test_numpy_draw_matches_torch_draw(rows, temperature, top_k, top_p):
     generator = torch.Generator().manual_seed(rows * 100 + top_k)
     for _ in range(300):
@@ -71,6 +62,7 @@ def cell_variant(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_fast_lstm_text_equals_plain_text(layers, cell_variant):
     loaded = random_model(layers=layers, seed=layers)
@@ -101,9 +93,9 @@ def test_batch_sizes_choose_their_step_and_match_plain(num_samples):
     stepper = make_stepper(loaded.model, num_samples)
     assert stepper.sigmoid == (num_samples >= steppers.SIGMOID_FROM)
     assert len(stepper.first_matmul) == (num_samples if num_samples <= steppers.ROW_MATMUL_UPTO else 1)
-    threads = torch.get_num_threads()
-    assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
-    assert torch.get_num_threads() == threads  # restored after sampling on one torch thread
+    with torch_threads(2):  # not the module's one thread: the fast path's own setting must not stay
+        assert sample_text(loaded, config) == sample_text(loaded, config, fast=False)
+        assert torch.get_num_threads() == 2  # restored after sampling on one torch thread
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
@@ -162,15 +154,18 @@ def test_stepper_choice():
 def test_fast_text_equals_plain_text_from_record_start_states(cell, layers):
     """A record model whose checkpoint holds start states: each sample reads the marker from one of them.
     Batches of 1, 3, 6 and 20 take each LSTM step variant (tanh cell by rows, by gemm; sigmoid cell)."""
-    from charlstm.starts import record_start_states
-
     loaded = random_model(cell=cell, layers=layers, seed=layers + 20, chars=[END_OF_RECORD, *CHARS])
     with torch.no_grad():
         loaded.model.head.bias[0] -= 2.0  # end-of-record: rare enough that most samples run long
     ids = np.random.default_rng(layers).integers(0, len(CHARS) + 1, size=4000).astype(np.uint8)  # id 0: markers
     loaded.payload["start_states"] = record_start_states(loaded.model, ids, 0, k=32, context=64)
-    for extra in [dict(seed=1), dict(seed=2, prime="the cat"), dict(seed=3, num_samples=3, top_k=8),
-                  dict(seed=4, num_samples=6, prime="a", stop=["."]), dict(seed=5, num_samples=20, top_p=0.9)]:  # fmt: skip
+    for extra in [
+        dict(seed=1),
+        dict(seed=2, prime="the cat"),
+        dict(seed=3, num_samples=3, top_k=8),
+        dict(seed=4, num_samples=6, prime="a", stop=["."]),
+        dict(seed=5, num_samples=20, top_p=0.9),
+    ]:
         config = SampleConfig(length=150, **extra)
         fast = sample_text(loaded, config)
         assert fast == sample_text(loaded, config, fast=False), extra

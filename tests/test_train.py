@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from charlstm import checkpoint as ckpt
-
 from charlstm import rundir
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.corpus import Corpus
@@ -14,44 +13,40 @@ from charlstm.schedule import lr_at
 from charlstm.train import train
 from charlstm.trainer import Trainer
 
-from .conftest import make_text, notes_into
+from . import helpers
+from .helpers import curve, memory_corpus, notes_into, tiny_train
+from .helpers import saved_weights as weights
 
-QUIET: dict = {}  # train() prints nothing: progress goes to on_event
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def tiny_model(**kw):
-    return ModelConfig(**{"layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1, **kw})
-
-
-def tiny_train(**kw):
-    return TrainConfig(**{"batch_size": 8, "seq_len": 16, "eval_every": 5, "lr": 5e-3, **kw})
+    """With dropout: an exact resume must restore the random stream too."""
+    return helpers.tiny_model(**{"dropout": 0.1, **kw})
 
 
 @pytest.fixture
 def corpus():
-    return Corpus(text=make_text(3000), name="tiny", sources=["memory"])
-
-
-def weights(run_dir, name="latest.pt"):
-    return ckpt.load_checkpoint(run_dir / name)["model"]
-
-
-def curve(run_dir):
-    return [(r["step"], r["chars_seen"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(run_dir)]
+    return memory_corpus(3000)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_resume_is_exact(tmp_path, corpus, cell):
     """N steps straight == N/2 steps, stop, resume to N: same weights, same loss curve (CPU)."""
     steps = 24  # crosses an epoch boundary (streams wrap) with this corpus and shape
-    straight = train(corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "a", **QUIET)
+    straight = train(corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "a")
     assert straight.step == steps
     first = train(
-        corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "b",
-        should_stop=lambda step: step == 13, **QUIET,
-    )  # fmt: skip
+        corpus,
+        tiny_model(cell=cell),
+        tiny_train(max_steps=steps),
+        tmp_path / "b",
+        should_stop=lambda step: step == 13,
+    )
     assert first.step == 13 and first.stopped_by == "stop_request"
-    resumed = train(corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "x", resume_from=tmp_path / "b", **QUIET)
+    resumed = train(
+        corpus, tiny_model(cell=cell), tiny_train(max_steps=steps), tmp_path / "x", resume_from=tmp_path / "b"
+    )
     assert resumed.step == steps and resumed.run_dir == tmp_path / "b"
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a.keys() == b.keys()
@@ -67,10 +62,19 @@ def test_streams_wrap_within_resume_test(corpus):
 
 
 def test_run_files(tmp_path, corpus):
-    result = train(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "run", **QUIET)
+    result = train(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "run")
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    for key in ("model_config", "train_config", "vocab_size", "params", "step", "chars_seen", "best_val_loss",
-                "train_seconds", "chars_per_second"):  # fmt: skip
+    for key in (
+        "model_config",
+        "train_config",
+        "vocab_size",
+        "params",
+        "step",
+        "chars_seen",
+        "best_val_loss",
+        "train_seconds",
+        "chars_per_second",
+    ):
         assert key in run, key
     assert run["step"] == 10 and run["params"] == result.params
     rounding = 0.0005 / run["train_seconds"]  # run.json keeps train_seconds to 3 decimals; 10 tiny steps take ~0.02 s
@@ -85,35 +89,52 @@ def test_run_files(tmp_path, corpus):
 
 
 def test_training_lowers_loss(tmp_path, corpus):
-    result = train(corpus, ModelConfig(hidden=64), tiny_train(max_steps=120, eval_every=40, seq_len=32, batch_size=8), tmp_path / "r", **QUIET)
+    result = train(
+        corpus,
+        ModelConfig(hidden=64),
+        tiny_train(max_steps=120, eval_every=40, seq_len=32, batch_size=8),
+        tmp_path / "r",
+    )
     rows = rundir.read_metrics(tmp_path / "r")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] < math.log(result.vocab_size)
     assert result.best_val_loss < 2.2
 
 
 def test_architecture_flags_lose_to_checkpoint_with_warning(tmp_path, corpus):
-    train(corpus, tiny_model(), tiny_train(max_steps=4), tmp_path / "r", **QUIET)
+    train(corpus, tiny_model(), tiny_train(max_steps=4), tmp_path / "r")
     lines = []
     result = train(
-        corpus, tiny_model(hidden=99), tiny_train(max_steps=6), tmp_path / "r", resume_from=tmp_path / "r",
-        explicit={"hidden", "max_steps"}, on_event=notes_into(lines),
-    )  # fmt: skip
+        corpus,
+        tiny_model(hidden=99),
+        tiny_train(max_steps=6),
+        tmp_path / "r",
+        resume_from=tmp_path / "r",
+        explicit={"hidden", "max_steps"},
+        on_event=notes_into(lines),
+    )
     assert result.step == 6
     assert any("--hidden 99" in line and "24" in line for line in lines)
     assert ckpt.load_checkpoint(tmp_path / "r" / "latest.pt")["model_config"]["hidden"] == 24
 
 
 def test_resume_refuses_new_characters(tmp_path, corpus):
-    train(corpus, tiny_model(), tiny_train(max_steps=2), tmp_path / "r", **QUIET)
+    train(corpus, tiny_model(), tiny_train(max_steps=2), tmp_path / "r")
     other = Corpus(text=corpus.text + "Zebra ü", name="tiny", sources=["memory"])
     with pytest.raises(CharlstmError, match="not in the checkpoint's vocabulary.*'Z'"):
-        train(other, tiny_model(), tiny_train(max_steps=4), tmp_path / "r", resume_from=tmp_path / "r", **QUIET)
+        train(other, tiny_model(), tiny_train(max_steps=4), tmp_path / "r", resume_from=tmp_path / "r")
 
 
 def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
-    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r", **QUIET)
+    train(corpus, tiny_model(), tiny_train(max_steps=5), tmp_path / "r")
     before = weights(tmp_path / "r")
-    trainer = Trainer(corpus, tiny_model(), tiny_train(max_steps=10), tmp_path / "r", resume_from=tmp_path / "r", explicit={"max_steps"})
+    trainer = Trainer(
+        corpus,
+        tiny_model(),
+        tiny_train(max_steps=10),
+        tmp_path / "r",
+        resume_from=tmp_path / "r",
+        explicit={"max_steps"},
+    )
     with torch.no_grad():
         trainer.model.head.bias.fill_(float("nan"))
     with pytest.raises(CharlstmError, match=r"loss became nan at step 6.*lower --lr"):
@@ -123,7 +144,7 @@ def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
 
 
 def test_time_budget_and_schedule(tmp_path, corpus):
-    result = train(corpus, tiny_model(), tiny_train(max_time=1.0, eval_every=10_000), tmp_path / "r", **QUIET)
+    result = train(corpus, tiny_model(), tiny_train(max_time=1.0, eval_every=10_000), tmp_path / "r")
     # --max-time limits the run's wall clock (validations and saves included); the training steps are part of it
     assert result.stopped_by == "max_time" and result.elapsed_seconds >= 1.0
     assert 0 < result.train_seconds <= result.elapsed_seconds
