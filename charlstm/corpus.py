@@ -12,8 +12,9 @@ import re
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .config import CorpusConfig
 from .errors import CharlstmError
@@ -64,6 +65,10 @@ class Corpus:
                         yield text, True
                 else:
                     yield from _file_pieces(path, self.record_mode, self.encoding)
+
+    def summary(self) -> dict[str, Any]:
+        """Its name, where it came from and how to load it again (what checkpoints and run.json record)."""
+        return {"name": self.name, "sources": self.sources, "config": asdict(self.config) if self.config else None}
 
     def num_bytes(self) -> int:
         """Size on disk of the corpus files (of the text, when in memory)."""

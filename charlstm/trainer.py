@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, distributed, resume, rundir, validation
+from . import checkpoint, distributed, resume, rundir, schedule, validation
 from .config import ModelConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, autocast_dtype, check_autocast, configure_backends, pick_device, precision_name
@@ -25,17 +25,7 @@ from .errors import CharlstmError
 from .loss import compiled_loss, window_loss_sum
 from .model import CharRNN, detach_state
 from .progress import EventSink
-from .schedule import (
-    Progress,
-    budget_fraction,
-    budget_reason,
-    budget_text,
-    extended_budget,
-    has_budget,
-    lr_at,
-    remaining_seconds,
-    replan,
-)
+from .schedule import Progress, has_budget, lr_at
 from .signals import StopSignals
 from .starts import record_start_states
 from .streams import Streams, fit_batch_shape
@@ -137,7 +127,7 @@ class Trainer:
             if self.dist.is_main:
                 rows = [r for r in rundir.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
                 rundir.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
-            notice = replan(self.saved_config, self.config, self.progress, self.train_streams.num_targets)
+            notice = schedule.replan(self.saved_config, self.config, self.progress, self.train_streams.num_targets)
             if notice:
                 self._notice(notice)
 
@@ -169,10 +159,10 @@ class Trainer:
 
     def budget_fraction(self) -> float:
         """How much of the budget is spent, 0..1: the most advanced of the budgets given."""
-        return budget_fraction(self.config, self.progress, self.train_streams.num_targets)
+        return schedule.budget_fraction(self.config, self.progress, self.train_streams.num_targets)
 
     def _budget_reason(self) -> str | None:
-        return budget_reason(self.config, self.progress, self.train_streams.num_targets)
+        return schedule.budget_reason(self.config, self.progress, self.train_streams.num_targets)
 
     # ------------------------------------------------------------------------------------ saving
 
@@ -250,13 +240,7 @@ class Trainer:
 
     def corpus_summary(self) -> dict[str, Any]:
         """Where the corpus came from, how to load it again, and its size in characters and records."""
-        config = self.corpus.config
-        return {
-            "name": self.corpus.name,
-            "sources": self.corpus.sources,
-            "config": asdict(config) if config is not None else None,
-            **self.data.summary(),
-        }
+        return {**self.corpus.summary(), **self.data.summary()}
 
     def summary(self) -> dict[str, Any]:
         """run.json's content (and the result's)."""
@@ -289,8 +273,8 @@ class Trainer:
             run_dir=self.run_dir,
             stopped_by=stopped_by,
             summary=self.summary(),
-            budget=budget_text(self.config),
-            extend_with=extended_budget(self.config),
+            budget=schedule.budget_text(self.config),
+            extend_with=schedule.extended_budget(self.config),
             resumed_from=str(self.resume.path) if self.resume else None,
         )
 
@@ -442,7 +426,7 @@ class Trainer:
                 stopped_by = "stop_request"
             if stopped_by is None and signalled:
                 stopped_by = "interrupt"
-            remaining = remaining_seconds(
+            remaining = schedule.remaining_seconds(
                 c,
                 p,
                 streams.num_targets,
