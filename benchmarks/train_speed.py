@@ -143,7 +143,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=train_defaults.seq_len)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default=train_defaults.precision, help="auto, fp32 or bf16 (both loops)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile charlstm's model (not the bare loop)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile charlstm's loss, as charlstm train --compile does (not the bare loop's)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loop per round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each loop counts")
     parser.add_argument("--warmup-steps", type=int, default=5, help="untimed steps first (cuDNN tuning, compiling)")
