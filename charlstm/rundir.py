@@ -36,20 +36,27 @@ def clear_run(run_dir: Path) -> None:
             raise CharlstmError(f"cannot replace the run in {run_dir}: {exc.strerror or exc}") from None
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and prove it is writable before any training time is spent; remove temporary
-    files that a save killed part-way left behind (they are never read)."""
+def make_run_dir(run_dir: Path, prove_writable: bool = False) -> None:
+    """Create the run directory (and, `prove_writable`, write a temporary file in it), or say why it cannot be."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
+        if prove_writable:
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
     except FileExistsError:
         raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
     except OSError as exc:
         raise CharlstmError(
             f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
         ) from None
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent; remove temporary
+    files that a save killed part-way left behind (they are never read)."""
+    run_dir = Path(run_dir)
+    make_run_dir(run_dir, prove_writable=True)
     for name in (LATEST, BEST, RUN_JSON, METRICS):
         for stale in temporary_files(run_dir / name):
             with contextlib.suppress(OSError):

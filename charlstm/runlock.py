@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CharlstmError
+from .rundir import make_run_dir
 
 LOCK_NAME = "train.lock"
 HOLDER_WAIT_SECONDS = 0.5  # a holder writes its details just after locking: how long to wait for them
@@ -68,7 +69,7 @@ class RunLock:
             import fcntl  # imported here: there is none on Windows
         except ImportError:
             return cls(path, note="no file locking on this platform: nothing stops a second trainer of this run")
-        _make_run_dir(run_dir)
+        make_run_dir(run_dir)
         key = os.path.realpath(path)
         with _held_guard:
             mine = _held.get(key)
@@ -141,18 +142,6 @@ def read_holder(run_dir: Path | str) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _make_run_dir(run_dir: Path) -> None:
-    """Create the run directory (the trainer would anyway), with the messages of `checkpoint.prepare_run_dir`."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CharlstmError(f"output directory {run_dir} is a file, not a directory; choose another --out") from None
-    except OSError as exc:
-        raise CharlstmError(
-            f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
-        ) from None
 
 
 def _open_lock_file(run_dir: Path, path: Path) -> int:
