@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 SHARED = ROOT.parent / "shared" / "data"
 
+from common import train_command  # noqa: E402  (benchmarks/ is on the path only from here)
+
 
 def corpus_args(name: str, scratch: Path) -> list[str] | None:
     if name == "shakespeare":
@@ -65,19 +67,7 @@ def main() -> None:
             continue
         for budget in args.budgets:
             out = args.scratch / f"run-{name}-{budget:g}"
-            command = [
-                sys.executable,
-                "-m",
-                "charlstm",
-                "train",
-                *corpus,
-                "--max-time",
-                f"{budget:g}s",
-                "--out",
-                str(out),
-                "--overwrite",
-                "-q",
-            ]
+            command = train_command(budget, out, corpus)
             print("$", " ".join(command), flush=True)
             started = time.perf_counter()
             try:

@@ -14,22 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
 
 
-def train_for(seconds: float, out: Path, corpus_args: list[str], extra: list[str] = ()) -> dict:
-    """`charlstm train CORPUS_ARGS --max-time SECONDS --out OUT --overwrite -q EXTRA`; returns its run.json."""
-    command = [
+def train_command(seconds: float, out: Path, corpus_args: list[str], extra: list[str] = ()) -> list[str]:
+    """`python -m charlstm train CORPUS_ARGS --max-time SECONDS --out OUT --overwrite -q EXTRA`"""
+    return [
         sys.executable,
         "-m",
         "charlstm",
         "train",
         *corpus_args,
         "--max-time",
-        f"{seconds}s",
+        f"{seconds:g}s",
         "--out",
         str(out),
         "--overwrite",
         "-q",
         *extra,
     ]
+
+
+def train_for(seconds: float, out: Path, corpus_args: list[str], extra: list[str] = ()) -> dict:
+    """Train through the real CLI (`train_command`); returns the run's run.json."""
+    command = train_command(seconds, out, corpus_args, extra)
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads((Path(out) / "run.json").read_text())

@@ -238,3 +238,8 @@ class CreatesFile:
 
     def __reduce__(self):
         return (open, (self.target, "w"))
+
+
+# `torchrun` with two processes, training: the command's start (the arguments of `charlstm train` follow)
+TORCHRUN_TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+TORCHRUN_TWO_TRAIN = [*TORCHRUN_TWO, "-m", "charlstm", "train"]

@@ -5,7 +5,6 @@ import math
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from charlstm.train import train
 from charlstm.trainer import Trainer
 
 from . import helpers
-from .helpers import TINY_RUN_FLAGS, child_env, invoke, tiny_model, torch_threads, write_corpus
+from .helpers import TINY_RUN_FLAGS, TORCHRUN_TWO_TRAIN, child_env, invoke, tiny_model, torch_threads, write_corpus
 
 STEPS = 12
 # the same run through the CLI flags and through the config objects (helpers.tiny_model and tiny_train, on the
@@ -56,18 +55,7 @@ def single_run(corpus_path, tmp_path_factory) -> Path:
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "charlstm",
-        "train",
-        *args,
-    ]
+    command = [*TORCHRUN_TWO_TRAIN, *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
     return done

@@ -12,7 +12,6 @@ What they check, each next to the CPU test that covers its logic without a GPU:
 
 import math
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from charlstm.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.train import train
 from charlstm.trainer import Trainer
 
-from .helpers import END_OF_RECORD, TINY_RUN_FLAGS, child_env, tiny_model, tiny_train, write_corpus
+from .helpers import END_OF_RECORD, TINY_RUN_FLAGS, TORCHRUN_TWO_TRAIN, child_env, tiny_model, tiny_train, write_corpus
 from .helpers import SAMPLE_CHARS as CHARS
 from .helpers import random_loaded_model as random_model
 
@@ -102,15 +101,7 @@ def test_two_gpus_with_nccl_train_what_one_gpu_trains(tmp_path, corpus_path):
         load_corpus([corpus_path]), tiny_model(), tiny_train(max_steps=STEPS, device="cuda", precision="fp32"), single
     )
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "charlstm",
-        "train",
+        *TORCHRUN_TWO_TRAIN,
         str(corpus_path),
         "--max-steps",
         str(STEPS),
