@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from .browser import browser  # noqa: F401 (the headless Chromium fixture for the HTML page tests)
 from .helpers import SHARED_DATA, make_text, torch_threads, write_corpus  # noqa: F401 (make_text: older imports)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
