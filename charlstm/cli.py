@@ -417,6 +417,14 @@ def sample(
         typer.Option("--out", "-o", help="Write the samples to this file instead of the terminal.", show_default=False),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    novelty: Annotated[
+        bool,
+        typer.Option(
+            "--novelty",
+            help="After the samples, report how much of them is copied: the share of their 10-, 20- and "
+            "40-character n-grams found verbatim in the run's training split, and the longest copied span.",
+        ),
+    ] = False,
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
     from .device import pick_device
@@ -445,14 +453,19 @@ def sample(
         )
         config.seed = pick_seed(config.seed)  # one seed for every temperature: they differ by temperature alone
         if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:
+            streamed = []
             for _, piece in generate(loaded, config):  # stream as it is written
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+                streamed.append(piece)
             sys.stdout.write("\n")
+            if novelty:
+                _report_novelty(loaded, ["".join(streamed)])
             return
-        chunks = []
+        chunks, generated = [], []
         for temperature in temperatures:
             texts = sample_text(loaded, replace(config, temperature=temperature))
+            generated += texts
             chunk = render.samples(texts, temperature, len(temperatures) > 1, out_format)
             chunks.append(chunk)
             if out_file is None:
@@ -464,6 +477,8 @@ def sample(
             except OSError as exc:
                 raise CharlstmError(f"cannot write {out_file}: {exc.strerror or exc}") from None
             err.print(f"Wrote {num_samples * len(temperatures)} sample(s) to {out_file}")
+        if novelty:
+            _report_novelty(loaded, generated)
     except CharlstmError as exc:
         _fail(exc)
     except BrokenPipeError:  # `charlstm sample | head`
@@ -471,6 +486,128 @@ def sample(
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         raise typer.Exit(130) from None
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[Path, typer.Argument(help="Run directory (its best.pt) or .pt file.", show_default=False)],
+    files: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Text files, CSV/TSV/JSON Lines files or directories to score, each read as training read the "
+            "run's corpus. Omit to score the run's validation split, whole.",
+            show_default=False,
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also score with interpolated Kneser-Ney character n-gram models fitted on the run's training "
+            "split (see --order), side by side.",
+        ),
+    ] = False,
+    order: Annotated[
+        str,
+        typer.Option(help="The n-gram order(s) of --baseline, 1-7; a list such as 3,5,7 gives a column each."),
+    ] = "5",
+    samples: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A file of generated samples (as `charlstm sample` writes them, text or jsonl): the share of its "
+            "10-, 20- and 40-character n-grams found verbatim in the training split, and the longest copied "
+            "span. Alone, only that; with FILEs, also their scores.",
+            show_default=False,
+        ),
+    ] = None,
+    glob: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Files of a directory to score, e.g. '*.py'; repeatable. (default: the run's)", show_default=False
+        ),
+    ] = None,
+    text_field: Annotated[
+        Optional[str],
+        typer.Option(
+            "--field",
+            help="The CSV/TSV column or JSON Lines key holding the text. (default: the run's)",
+            show_default=False,
+        ),
+    ] = None,
+    records: Annotated[
+        Optional[str],
+        typer.Option(
+            help="What one record is in plain text files: file, paragraph or none. (default: the run's; a "
+            "record-trained run reads a text file as one record)",
+            show_default=False,
+        ),
+    ] = None,
+    encoding: Annotated[
+        Optional[str], typer.Option(help="Text encoding of the files. (default: the run's)", show_default=False)
+    ] = None,
+    corpus: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="The run's training corpus, where the path its checkpoint records does not resolve from here "
+            "(for the validation split, --baseline and --samples); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object.")] = False,
+) -> None:
+    """Score text with a run's model, in nats/char and bits/char: FILEs, or the validation split; optionally
+    beside n-gram baselines, and how much of a samples file is copied from the training text."""
+    from .device import pick_device
+    from .evaluate import evaluate, novelty
+    from .ngram import parse_orders
+    from .novelty import read_samples
+    from .sample import load_model
+
+    try:
+        orders = parse_orders(order) if baseline else []
+        result: dict = {}
+        if files or samples is None:
+            report = evaluate(
+                run, files or [], pick_device(device), orders, corpus, glob, text_field, records, encoding
+            )
+            result["eval"] = report
+        if samples is not None:
+            if not samples.is_file():
+                raise CharlstmError(f"samples file not found: {samples}")
+            try:
+                texts = read_samples(samples.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CharlstmError(f"cannot read {samples}: {exc}") from None
+            if not texts:
+                raise CharlstmError(f"{samples} holds no samples")
+            result["novelty"] = novelty(load_model(run), texts, corpus)
+    except CharlstmError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        data = {k: v.as_dict() for k, v in result.items()}
+        sys.stdout.write(
+            json.dumps(data.get("eval", {}) | ({"novelty": data["novelty"]} if "novelty" in data else {})) + "\n"
+        )
+        return
+    if "eval" in result:
+        out.print(render.eval_table(result["eval"]))
+        for line in render.eval_notes(result["eval"]):
+            out.print(line, markup=False, soft_wrap=True)
+    if "novelty" in result:
+        out.print(render.novelty_table(result["novelty"], f"copied from the training text: {samples}"))
+
+
+def _report_novelty(loaded, texts: list[str]) -> None:
+    """`sample --novelty`: the share of the samples copied from the training text, on stderr after them."""
+    from .evaluate import novelty
+
+    sys.stdout.flush()
+    err.print(render.novelty_table(novelty(loaded, texts), "copied from the training text"))
 
 
 # ------------------------------------------------------------------------------------------------- info

@@ -200,3 +200,90 @@ def _loss_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
             else "- (the run has not reached its end)",
         ),
     ]
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+
+def eval_table(report: Any) -> Table:
+    """`charlstm eval`: a row per file (or the validation split) and the total, LSTM and n-gram columns."""
+    model = report.model
+    shown = Table(
+        title=f"charlstm eval {report.checkpoint} (step {report.step:,}; {model.get('cell', '?')} "
+        f"{model.get('layers', '?')} x {model.get('hidden', '?')})",
+        title_justify="left",
+    )
+    shown.add_column("text", overflow="fold")
+    shown.add_column("chars", justify="right")
+    shown.add_column("OOV", justify="right")
+    shown.add_column("nats/char", justify="right")
+    shown.add_column("bits/char", justify="right")
+    for order in report.baseline_orders:
+        shown.add_column(f"{order}-gram", justify="right")
+    if report.baseline_orders:
+        shown.caption = "n-gram columns: bits/char of the Kneser-Ney baselines on the same characters"
+        shown.caption_justify = "left"
+    rows = list(report.rows) + ([report.total] if len(report.rows) > 1 else [])
+    for row in rows:
+        bits = row.nats_per_char / math.log(2)
+        cells = [row.name, f"{row.targets:,}", f"{row.oov:,}", f"{row.nats_per_char:.4f}", f"{bits:.4f}"]
+        cells += [f"{row.baseline[k] / row.targets / math.log(2):.4f}" for k in report.baseline_orders]
+        shown.add_row(*cells, style="bold" if row.name == "total" and len(rows) > 1 else None)
+    return shown
+
+
+def eval_notes(report: Any) -> list[str]:
+    """What the figures are, under the table."""
+    lines = []
+    total = report.total
+    if report.split:
+        lines.append(
+            "The validation split, scored as training's final evaluation scores it: 1,024-character segments, "
+            "each read after the 128 characters before it."
+        )
+        if report.recorded is not None:
+            difference = abs(total.nats_per_char - report.recorded)
+            verdict = "agrees" if difference <= 1e-4 else "DIFFERS"
+            lines.append(
+                f"Recorded for this checkpoint: {report.recorded:.5f} nats/char ({report.recorded_what}); "
+                f"scored now: {total.nats_per_char:.5f}: {verdict} (difference {difference:.1e})."
+            )
+        else:
+            lines.append(f"Nothing recorded to compare with: {report.recorded_what}.")
+    else:
+        lines.append(
+            "Each file is scored as one stream, the hidden state carried from its first character to its last. "
+            "OOV: characters outside the model's vocabulary, left out (not read, not scored, not in the averages)."
+        )
+        for row in report.rows:
+            if row.oov:
+                shown = " ".join(repr(c) for c in row.oov_chars[:10]) + (" …" if len(row.oov_chars) > 10 else "")
+                lines.append(f"  {row.name}: {row.oov:,} characters left out: {shown}")
+    if report.baseline_orders:
+        lines.append(
+            f"n-gram columns: interpolated Kneser-Ney character models fitted on the run's training split "
+            f"({report.baseline_train_chars:,} characters) in {report.baseline_fit_seconds:.1f} s, scored in "
+            f"{report.baseline_eval_seconds:.1f} s; lower is better."
+        )
+    return lines
+
+
+def novelty_table(novelty: Any, title: str) -> Table:
+    """`eval --samples` and `sample --novelty`: the share of sampled n-grams found in the training text."""
+    shown = Table(title=title, title_justify="left")
+    shown.add_column("n", justify="right")
+    shown.add_column("n-grams sampled", justify="right")
+    shown.add_column("found in training text", justify="right")
+    shown.add_column("share copied", justify="right")
+    for n, (found, total) in novelty.copied.items():
+        share = f"{found / total:.1%}" if total else "-"
+        shown.add_row(str(n), f"{total:,}", f"{found:,}", share)
+    span = novelty.longest_text.replace("\n", "\\n")
+    span = span if len(span) <= 80 else span[:77] + "…"
+    where = f" (sample {novelty.longest_sample + 1}): {span!r}" if novelty.longest else ""
+    shown.caption = (
+        f"{novelty.samples} sample(s), {novelty.chars:,} characters; "
+        f"longest copied span: {novelty.longest:,} characters{where}"
+    )
+    shown.caption_justify = "left"
+    return shown
