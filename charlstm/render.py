@@ -214,15 +214,12 @@ def eval_table(report: Any) -> Table:
         title_justify="left",
     )
     shown.add_column("text", overflow="fold")
-    shown.add_column("chars", justify="right")
-    shown.add_column("OOV", justify="right")
-    shown.add_column("nats/char", justify="right")
-    shown.add_column("bits/char", justify="right")
+    shown.add_column("chars", justify="right", no_wrap=True)
+    shown.add_column("OOV", justify="right", no_wrap=True)
+    shown.add_column("nats/char", justify="right", no_wrap=True)
+    shown.add_column("bits/char", justify="right", no_wrap=True)
     for order in report.baseline_orders:
-        shown.add_column(f"{order}-gram", justify="right")
-    if report.baseline_orders:
-        shown.caption = "n-gram columns: bits/char of the Kneser-Ney baselines on the same characters"
-        shown.caption_justify = "left"
+        shown.add_column(f"{order}-gram", justify="right", no_wrap=True)
     rows = list(report.rows) + ([report.total] if len(report.rows) > 1 else [])
     for row in rows:
         bits = row.nats_per_char / math.log(2)
@@ -261,7 +258,7 @@ def eval_notes(report: Any) -> list[str]:
                 lines.append(f"  {row.name}: {row.oov:,} characters left out: {shown}")
     if report.baseline_orders:
         lines.append(
-            f"n-gram columns: interpolated Kneser-Ney character models fitted on the run's training split "
+            f"n-gram columns: bits/char of interpolated Kneser-Ney character models fitted on the run's training split "
             f"({report.baseline_train_chars:,} characters) in {report.baseline_fit_seconds:.1f} s, scored in "
             f"{report.baseline_eval_seconds:.1f} s; lower is better."
         )

@@ -13,7 +13,16 @@ from charlstm.evaluate import score_stream
 from charlstm.sample import load_model
 from charlstm.train import train
 
-from .helpers import assert_ok, assert_one_error, invoke, load_sources, tiny_model, tiny_train, write_corpus
+from .helpers import (
+    assert_ok,
+    assert_one_error,
+    invoke,
+    load_sources,
+    tiny_model,
+    tiny_train,
+    torch_threads,
+    write_corpus,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +33,8 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     corpus = write_corpus(folder, n_chars=6000)
     run_dir = folder / "run"
-    train(load_sources(corpus), tiny_model(), tiny_train(max_steps=12, eval_every=5), run_dir)
+    with torch_threads(1):  # module-scoped: set up before the one_thread fixture
+        train(load_sources(corpus), tiny_model(), tiny_train(max_steps=12, eval_every=5), run_dir)
     return run_dir
 
 
