@@ -213,7 +213,8 @@ def eval_table(report: Any) -> Table:
         f"{model.get('layers', '?')} x {model.get('hidden', '?')})",
         title_justify="left",
     )
-    shown.add_column("text", overflow="fold")
+    names = [row.name for row in report.rows]
+    shown.add_column("text", overflow="fold", min_width=min(40, max(len(n) for n in names)))
     shown.add_column("chars", justify="right", no_wrap=True)
     shown.add_column("OOV", justify="right", no_wrap=True)
     shown.add_column("nats/char", justify="right", no_wrap=True)
