@@ -136,3 +136,12 @@ def test_a_table_trained_run_reads_tables_as_training_did(tmp_path):
         _json(invoke("eval", run_dir, plain, "--json"))["total"]["chars_scored"]
         == len("post number 3, about foxes") + 1
     )
+
+
+def test_the_run_corpus_given_again_with_corpus(run, tmp_path):
+    again = write_corpus(tmp_path, n_chars=6000)  # the run's corpus, at another path
+    data = _json(invoke("eval", run / rundir.LATEST, "--corpus", again, "--json"))
+    assert data["agrees"] is True
+    other = tmp_path / "other.txt"
+    other.write_text("Ωmega " * 500, encoding="utf-8")
+    assert_one_error(invoke("eval", run, "--corpus", other), "does not match the model")
