@@ -511,9 +511,13 @@ def eval_command(
         ),
     ] = False,
     order: Annotated[
-        str,
-        typer.Option(help="The n-gram order(s) of --baseline, 1-7; a list such as 3,5,7 gives a column each."),
-    ] = "5",
+        Optional[str],
+        typer.Option(
+            help="The n-gram order(s) of --baseline, 1-7; a list such as 3,5,7 gives a column each (implies "
+            "--baseline). (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
     samples: Annotated[
         Optional[Path],
         typer.Option(
@@ -568,7 +572,7 @@ def eval_command(
     from .sample import load_model
 
     try:
-        orders = parse_orders(order) if baseline else []
+        orders = parse_orders(order or "5") if baseline or order is not None else []
         result: dict = {}
         if files or samples is None:
             report = evaluate(

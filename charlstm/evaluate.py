@@ -292,6 +292,11 @@ def recorded_loss(checkpoint: Path, payload: dict[str, Any]) -> tuple[float | No
     final = row.get("final_val_loss")
     if isinstance(final, (int, float)) and row.get("final_whole", split_chars == row.get("final_val_chars")):
         return float(final), f"final evaluation of step {step} (whole split, {row.get('final_val_chars', 0):,} chars)"
+    if isinstance(final, (int, float)) and row.get("final_whole") is False:
+        return None, (
+            f"the final evaluation of step {step} scored a seeded slice of the split "
+            f"({row.get('final_val_chars', 0):,} characters, --final-eval-chars), not the whole split scored here"
+        )
     periodic = row.get("val_loss")
     if isinstance(periodic, (int, float)) and split_chars is not None and row.get("val_chars") == split_chars:
         return float(periodic), f"validation of step {step} (whole split, {split_chars:,} chars)"

@@ -145,3 +145,14 @@ def test_the_run_corpus_given_again_with_corpus(run, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("Ωmega " * 500, encoding="utf-8")
     assert_one_error(invoke("eval", run, "--corpus", other), "does not match the model")
+
+
+def test_a_final_evaluation_of_a_slice_is_not_compared(tmp_path):
+    corpus = write_corpus(tmp_path, n_chars=30000)  # a split of 3 segments of 1,024: the final scores 2
+    run_dir = tmp_path / "run"
+    config = tiny_train(max_steps=6, eval_every=5, eval_chars=100, final_eval_chars=1500)
+    train(load_sources(corpus), tiny_model(), config, run_dir)
+    data = _json(invoke("eval", run_dir / rundir.LATEST, "--json"))
+    assert data["recorded_val_loss"] is None and "seeded slice" in data["recorded_what"]
+    assert data["total"]["chars_scored"] == rundir.read_run_json(run_dir)["validation"]["split_chars"]
+    assert "Nothing recorded to compare with" in invoke("eval", run_dir / rundir.LATEST).stdout
