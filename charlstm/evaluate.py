@@ -290,12 +290,14 @@ def recorded_loss(checkpoint: Path, payload: dict[str, Any]) -> tuple[float | No
     row = rows[-1]
     split_chars = _split_chars(run_dir)
     final = row.get("final_val_loss")
-    if isinstance(final, (int, float)) and row.get("final_whole", split_chars == row.get("final_val_chars")):
-        return float(final), f"final evaluation of step {step} (whole split, {row.get('final_val_chars', 0):,} chars)"
+    chars = row.get("final_val_chars")
+    chars_text = f"{chars:,}" if isinstance(chars, int) else "?"  # metrics.jsonl is read, not trusted
+    if isinstance(final, (int, float)) and row.get("final_whole", split_chars == chars) is True:
+        return float(final), f"final evaluation of step {step} (whole split, {chars_text} chars)"
     if isinstance(final, (int, float)) and row.get("final_whole") is False:
         return None, (
             f"the final evaluation of step {step} scored a seeded slice of the split "
-            f"({row.get('final_val_chars', 0):,} characters, --final-eval-chars), not the whole split scored here"
+            f"({chars_text} characters, --final-eval-chars), not the whole split scored here"
         )
     periodic = row.get("val_loss")
     if isinstance(periodic, (int, float)) and split_chars is not None and row.get("val_chars") == split_chars:
@@ -309,9 +311,11 @@ def recorded_loss(checkpoint: Path, payload: dict[str, Any]) -> tuple[float | No
 
 def _split_chars(run_dir: Path) -> int | None:
     try:
-        return (rundir.read_run_json(run_dir).get("validation") or {}).get("split_chars")
+        validation_info = rundir.read_run_json(run_dir).get("validation")
     except CharlstmError:
         return None
+    chars = validation_info.get("split_chars") if isinstance(validation_info, dict) else None
+    return chars if isinstance(chars, int) else None
 
 
 # ------------------------------------------------------------------------------------------- the command
