@@ -611,7 +611,8 @@ def _report_novelty(loaded, texts: list[str]) -> None:
     from .evaluate import novelty
 
     sys.stdout.flush()
-    err.print(render.novelty_table(novelty(loaded, texts), "copied from the training text"))
+    give = "save the samples (--out FILE) and run: charlstm eval RUN --samples FILE --corpus PATH"
+    err.print(render.novelty_table(novelty(loaded, texts, give_corpus=give), "copied from the training text"))
 
 
 # ------------------------------------------------------------------------------------------------- info

@@ -135,7 +135,12 @@ def is_record_run(vocab: Vocab) -> bool:
     return vocab.end_of_record is not None
 
 
-def training_data(loaded: LoadedModel, corpus_paths: list[Path] | None = None) -> TokenData:
+GIVE_CORPUS = "give it with --corpus PATH"
+
+
+def training_data(
+    loaded: LoadedModel, corpus_paths: list[Path] | None = None, give_corpus: str = GIVE_CORPUS
+) -> TokenData:
     """The run's corpus as ids in its vocabulary, split as training split it (its --val-frac, on a record
     boundary): from the sources the checkpoint records, or `corpus_paths` (with the run's other corpus options)
     where those have moved. Nothing is written to the run directory."""
@@ -156,13 +161,13 @@ def training_data(loaded: LoadedModel, corpus_paths: list[Path] | None = None) -
     elif info.get("name") == DEFAULT_CORPUS_NAME:
         corpus = default_corpus()
     elif config is None:
-        raise CharlstmError(f"{loaded.path} does not record its corpus; give it with --corpus PATH")
+        raise CharlstmError(f"{loaded.path} does not record its corpus; {give_corpus}")
     else:
         missing = [p for p in config.paths if not Path(p).exists()]
         if missing:
             raise CharlstmError(
                 f"the run's corpus {', '.join(missing)} is not there from here (paths are relative to where "
-                f"training started); give it with --corpus PATH"
+                f"training started); {give_corpus}"
             )
         corpus = load_corpus(config)
     val_frac = (payload.get("train_config") or {}).get("val_frac", 0.1)
@@ -394,9 +399,11 @@ def evaluate(
     return report
 
 
-def novelty(loaded: LoadedModel, samples: list[str], corpus_paths: list[Path] | None = None) -> Novelty:
+def novelty(
+    loaded: LoadedModel, samples: list[str], corpus_paths: list[Path] | None = None, give_corpus: str = GIVE_CORPUS
+) -> Novelty:
     """How much of `samples` is copied from the run's training split (novelty.py)."""
-    data = training_data(loaded, corpus_paths)
+    data = training_data(loaded, corpus_paths, give_corpus)
     vocab = loaded.vocab
     code_of = {c: i + 1 for i, c in enumerate(vocab.chars) if c}  # the end-of-record marker matches no character
     text = TrainingText(np.asarray(data.train).astype(np.int64) + 1, code_of)
