@@ -354,6 +354,8 @@ def evaluate(
                 f"{path}: every character is outside the model's vocabulary ({oov:,} characters: "
                 f"{show_chars(sorted(unknown))}); nothing to score"
             )
+        if known == 0:
+            raise CharlstmError(f"{path} is empty: nothing to score")
         if len(ids) < 2:
             raise CharlstmError(f"{path}: too short to score (a character is scored after at least one other)")
         inputs.append((str(path), ids, unknown))

@@ -122,6 +122,14 @@ CASES = [
     "sample run --top-k 1000 --length 30 --seed 1",
     "sample run --length 0",
     "sample run --temp 1e-300 --length 30 --seed 1",
+    # eval flags and files
+    "eval run nowhere.txt",
+    "eval run empty.txt",
+    "eval run img.png",
+    "eval run good.txt --baseline --order 8",
+    "eval run --order 3,x",
+    "eval run --samples nowhere.txt",
+    "eval run good.txt --records sentence",
     # runs, paths, checkpoints
     "sample",
     "sample nowhere",
