@@ -298,7 +298,7 @@ def recorded_loss(checkpoint: Path, payload: dict[str, Any]) -> tuple[float | No
     chars = row.get("final_val_chars")
     chars_text = f"{chars:,}" if isinstance(chars, int) else "?"  # metrics.jsonl is read, not trusted
     if isinstance(final, (int, float)) and row.get("final_whole", split_chars == chars) is True:
-        return float(final), f"final evaluation of step {step} (whole split, {chars_text} chars)"
+        return float(final), f"the final evaluation of step {step}, whole split, {chars_text} characters"
     if isinstance(final, (int, float)) and row.get("final_whole") is False:
         return None, (
             f"the final evaluation of step {step} scored a seeded slice of the split "
@@ -306,7 +306,7 @@ def recorded_loss(checkpoint: Path, payload: dict[str, Any]) -> tuple[float | No
         )
     periodic = row.get("val_loss")
     if isinstance(periodic, (int, float)) and split_chars is not None and row.get("val_chars") == split_chars:
-        return float(periodic), f"validation of step {step} (whole split, {split_chars:,} chars)"
+        return float(periodic), f"the validation of step {step}, whole split, {split_chars:,} characters"
     final_rows = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("final_val_loss"), (int, float))]
     hint = ""
     if final_rows and checkpoint.name != rundir.LATEST:

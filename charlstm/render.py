@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from .config import format_duration
@@ -206,19 +207,22 @@ def _loss_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def eval_table(report: Any) -> Table:
-    """`charlstm eval`: a row per file (or the validation split) and the total, LSTM and n-gram columns."""
+    """`charlstm eval`: a row per file (or the validation split) and the total, LSTM and n-gram columns, compact
+    enough for 80 columns with three n-gram orders."""
     model = report.model
     shown = Table(
-        title=f"charlstm eval {report.checkpoint} (step {report.step:,}; {model.get('cell', '?')} "
-        f"{model.get('layers', '?')} x {model.get('hidden', '?')})",
+        title=f"{report.checkpoint} · step {report.step:,} · {model.get('cell', '?')} "
+        f"{model.get('layers', '?')} x {model.get('hidden', '?')} · per character",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     names = [row.name for row in report.rows]
-    shown.add_column("text", overflow="fold", min_width=min(40, max(len(n) for n in names)))
+    shown.add_column("text", overflow="fold", min_width=min(24, max(len(n) for n in names)))
     shown.add_column("chars", justify="right", no_wrap=True)
     shown.add_column("OOV", justify="right", no_wrap=True)
-    shown.add_column("nats/char", justify="right", no_wrap=True)
-    shown.add_column("bits/char", justify="right", no_wrap=True)
+    shown.add_column("nats", justify="right", no_wrap=True)
+    shown.add_column("bits", justify="right", no_wrap=True)
     for order in report.baseline_orders:
         shown.add_column(f"{order}-gram", justify="right", no_wrap=True)
     rows = list(report.rows) + ([report.total] if len(report.rows) > 1 else [])
@@ -243,7 +247,7 @@ def eval_notes(report: Any) -> list[str]:
             difference = abs(total.nats_per_char - report.recorded)
             verdict = "agrees" if difference <= 1e-4 else "DIFFERS"
             lines.append(
-                f"Recorded for this checkpoint: {report.recorded:.5f} nats/char ({report.recorded_what}); "
+                f"Recorded for this checkpoint ({report.recorded_what}): {report.recorded:.5f} nats/char; "
                 f"scored now: {total.nats_per_char:.5f}: {verdict} (difference {difference:.1e})."
             )
         else:
@@ -259,7 +263,7 @@ def eval_notes(report: Any) -> list[str]:
                 lines.append(f"  {row.name}: {row.oov:,} characters left out: {shown}")
     if report.baseline_orders:
         lines.append(
-            f"n-gram columns: bits/char of interpolated Kneser-Ney character models fitted on the run's training split "
+            f"n-gram columns: bits per character of interpolated Kneser-Ney models fitted on the run's training split "
             f"({report.baseline_train_chars:,} characters) in {report.baseline_fit_seconds:.1f} s, scored in "
             f"{report.baseline_eval_seconds:.1f} s; lower is better."
         )
