@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=280)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", type=Path, nargs="*", default=None)
+    parser.add_argument("--scale-mb", type=float, default=10.0, help="training text size for the timing (0: skip)")
+    parser.add_argument("--reference-samples", type=int, default=2, help="samples searched the torch-rnn way")
     args = parser.parse_args()
 
     loaded = load_model(args.run)
@@ -69,6 +71,40 @@ def main() -> None:
     held_out = [vocab.decode(p.tolist())[: args.length] for p in pieces]
     print(row("held-out validation text", training.novelty(held_out)))
     print("columns: share of the n-grams found verbatim in the training split; longest copied span in characters")
+    if args.scale_mb > 0:
+        scale(loaded, data, texts, args.scale_mb, args.reference_samples)
+
+
+def scale(loaded, data, samples: list[str], megabytes: float, reference_samples: int) -> None:
+    """The last temperature's samples against the training split repeated to `megabytes` million characters:
+    hashed (novelty.py) next to torch-rnn's way (a substring search of the training text per window) on the
+    first few samples, with the counts compared."""
+    vocab = loaded.vocab
+    size = int(megabytes * 1e6)
+    ids = np.resize(np.asarray(data.train), size)
+    code_of = {c: i + 1 for i, c in enumerate(vocab.chars) if c}
+    started = time.perf_counter()
+    training = TrainingText(ids.astype(np.int64) + 1, code_of)
+    training.novelty(samples)
+    hashed_seconds = time.perf_counter() - started
+    text = "\x00".join(
+        vocab.decode(p.tolist())
+        for p in np.split(ids, np.flatnonzero(ids == (vocab.end_of_record if vocab.end_of_record is not None else -1)))
+    )
+    few = samples[:reference_samples]
+    started = time.perf_counter()
+    brute = {n: sum(s[i : i + n] in text for s in few for i in range(len(s) - n + 1)) for n in LENGTHS}
+    brute_seconds = time.perf_counter() - started
+    hashed_few = training.novelty(few)
+    same = all(brute[n] == hashed_few.copied[n][0] for n in LENGTHS)
+    windows = sum(max(0, len(s) - n + 1) for s in samples for n in LENGTHS)
+    few_windows = max(1, sum(max(0, len(s) - n + 1) for s in few for n in LENGTHS))
+    print(
+        f"on {size / 1e6:g}M characters (the training split repeated): hashed, all {len(samples)} samples with the "
+        f"longest span: {hashed_seconds:.1f} s; torch-rnn's substring search, {len(few)} samples: {brute_seconds:.1f} s "
+        f"({brute_seconds / few_windows * windows:.0f} s projected for all {windows:,} windows, without the longest "
+        f"span); counts on those samples equal: {same}"
+    )
 
 
 if __name__ == "__main__":
