@@ -2,8 +2,9 @@
 
 The page is one self-contained HTML file (charlstm/pages/inspect.html, with the data put in its place): inline
 CSS and JavaScript, nothing fetched, so it opens from file:// on a machine without a network. The values are
-stored 6-bit, scaled to their range, and deflated (the browser inflates them with its own
-DecompressionStream), so a 5,000-character text read by a 1 x 384 LSTM makes a page of a few MB.
+stored in 6 bits (fewer where the page would grow past ~9 MB), scaled to their range, and deflated (the
+browser inflates them with its own DecompressionStream), so a 5,000-character text read by a 1 x 384 LSTM
+makes a page of 8-9 MB.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from .trace import Trace, trace
 
 MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays a few MB
 DATA_MARK = "__CHARLSTM_INSPECT_DATA__"
-# 6-bit values (64 levels): the colours cannot show more, and the page of a 5,000-character text read by a
-# 1 x 384 LSTM stays near 8 MB, where 8-bit made 10.5 MB (deflate finds little to squeeze in activations)
-LEVELS = 63
+# Values are stored in 6 bits (64 levels: colours hardly show more); where the deflated values of a page would
+# pass VALUES_BUDGET bytes (base64), in 5, then 4 bits. 8-bit made 10.5 MB for a 5,000-character text read by
+# a trained 1 x 384 LSTM, 6-bit 8.9 MB, and an untrained model's busier activations deflate less well.
+LEVEL_CHOICES = (63, 31, 15)
+VALUES_BUDGET = 8_500_000
 
 
 @dataclass
@@ -131,8 +134,8 @@ def _start_state(loaded: LoadedModel):
 # ------------------------------------------------------------------------------------------------ the page
 
 
-def quantise(values: np.ndarray) -> tuple[bytes, list[float], list[float], bool]:
-    """(T, H) float -> unit-major (H, T) bytes of LEVELS + 1 levels each, the per-unit (low, high) the levels
+def quantise(values: np.ndarray, levels: int) -> tuple[bytes, list[float], list[float], bool]:
+    """(T, H) float -> unit-major (H, T) bytes of `levels` + 1 levels each, the per-unit (low, high) the levels
     span, and whether the quantity is bounded by tanh/sigmoid (-1..1). A bounded quantity shares one range (its
     colours compare across units); an unbounded one (the cell state c) gets each unit's own, so a unit whose c
     stays within ±2 is not flattened by one that reaches 80."""
@@ -141,27 +144,18 @@ def quantise(values: np.ndarray) -> tuple[bytes, list[float], list[float], bool]
     if bounded:
         low, high = np.full_like(low, low.min()), np.full_like(high, high.max())
     span = np.where(high > low, high - low, 1.0)  # (H,)
-    levels = np.rint((values - low) / span * LEVELS).astype(np.uint8)  # (T, H)
-    return np.ascontiguousarray(levels.T).tobytes(), low.tolist(), high.tolist(), bounded
+    stored = np.rint((values - low) / span * levels).astype(np.uint8)  # (T, H)
+    return np.ascontiguousarray(stored.T).tobytes(), low.tolist(), high.tolist(), bounded
 
 
 def page_data(inspection: Inspection, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able dict (the big arrays as one deflated base64 blob)."""
     result, loaded = inspection.result, inspection.loaded
     config = loaded.model.config
-    blobs, quantities = [], []
-    offset = 0
-    for layer, values_by_name in enumerate(result.layers):
-        for name, values in values_by_name.items():
-            raw, low, high, bounded = quantise(values)
-            if bounded:  # one range for every unit
-                low, high = low[:1], high[:1]
-            quantities.append(
-                {"layer": layer, "name": name, "low": low, "high": high, "offset": offset, "bounded": bounded}
-            )
-            blobs.append(raw)
-            offset += len(raw)
-    blob = base64.b64encode(zlib.compress(b"".join(blobs), 9)).decode("ascii")
+    for levels in LEVEL_CHOICES:
+        blob, quantities = _stored_values(result, levels)
+        if len(blob) <= VALUES_BUDGET:
+            break
     chars = [c for c in inspection.text]
     vocab_shown = [_shown(c) for c in loaded.vocab.chars]
     surprise = [None if math.isnan(s) else round(float(s), 3) for s in result.surprise]
@@ -189,7 +183,7 @@ def page_data(inspection: Inspection, metrics: list[dict[str, Any]]) -> dict[str
         "primed": inspection.primed,
         "seed": inspection.seed,
         "vocab": vocab_shown,
-        "levels": LEVELS,
+        "levels": levels,
         "quantities": quantities,
         "values": blob,
         "surprise": surprise,
@@ -204,6 +198,23 @@ def page_data(inspection: Inspection, metrics: list[dict[str, Any]]) -> dict[str
         "findings": findings,
         "start": start,
     }
+
+
+def _stored_values(result: Trace, levels: int) -> tuple[str, list[dict[str, Any]]]:
+    """Every quantity's values quantised (see quantise) and deflated into one base64 string, and where each is."""
+    blobs, quantities = [], []
+    offset = 0
+    for layer, values_by_name in enumerate(result.layers):
+        for name, values in values_by_name.items():
+            raw, low, high, bounded = quantise(values, levels)
+            if bounded:  # one range for every unit
+                low, high = low[:1], high[:1]
+            quantities.append(
+                {"layer": layer, "name": name, "low": low, "high": high, "offset": offset, "bounded": bounded}
+            )
+            blobs.append(raw)
+            offset += len(raw)
+    return base64.b64encode(zlib.compress(b"".join(blobs), 9)).decode("ascii"), quantities
 
 
 def _finite(value: Any) -> float | None:
