@@ -2,7 +2,7 @@
 
 The page is one self-contained HTML file (charlstm/pages/inspect.html, with the data put in its place): inline
 CSS and JavaScript, nothing fetched, so it opens from file:// on a machine without a network. The values are
-stored in 6 bits (fewer where the page would grow past ~9 MB), scaled to their range, and deflated (the
+stored in 6 bits (fewer where the page would grow past ~9.5 MB), scaled to their range, and deflated (the
 browser inflates them with its own DecompressionStream), so a 5,000-character text read by a 1 x 384 LSTM
 makes a page of 8-9 MB.
 """
@@ -37,7 +37,7 @@ DATA_MARK = "__CHARLSTM_INSPECT_DATA__"
 # pass VALUES_BUDGET bytes (base64), in 5, then 4 bits. 8-bit made 10.5 MB for a 5,000-character text read by
 # a trained 1 x 384 LSTM, 6-bit 8.9 MB, and an untrained model's busier activations deflate less well.
 LEVEL_CHOICES = (63, 31, 15)
-VALUES_BUDGET = 8_500_000
+VALUES_BUDGET = 9_200_000  # the rest of a 5,000-character page (text, predictions, plots) is ~0.3 MB
 
 
 @dataclass
