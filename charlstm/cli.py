@@ -512,20 +512,20 @@ from .inspector import MAX_CHARS as MAX_INSPECT_CHARS  # noqa: E402 (kept with i
 def inspect(
     path: Annotated[Path, typer.Argument(help="Run directory or .pt checkpoint (a run's best.pt is used).")],
     text_file: Annotated[
-        Optional[Path], typer.Option("--text", help="Read this text file through the model.", show_default=False)
+        Optional[Path],
+        typer.Option("--text", metavar="FILE", help="Read this text file through the model.", show_default=False),
     ] = None,
     prime: Annotated[
         Optional[str],
         typer.Option(
-            "--prime", help="Instead of --text: read what the model writes after this prime.", show_default=False
+            "--prime",
+            metavar="TEXT",
+            help="Instead of --text: read what the model writes after this prime.",
+            show_default=False,
         ),
     ] = None,
-    length: Annotated[
-        int, typer.Option("--length", help="With --prime: characters to generate." + _default(_S.length))
-    ] = _S.length,
-    temp: Annotated[
-        float, typer.Option("--temp", help="With --prime: sampling temperature." + _default(_S.temperature))
-    ] = _S.temperature,
+    length: Annotated[int, typer.Option("--length", help="With --prime: characters to generate.")] = _S.length,
+    temp: Annotated[float, typer.Option("--temp", help="With --prime: sampling temperature.")] = _S.temperature,
     seed: Annotated[
         Optional[int], typer.Option("--seed", help="With --prime: same seed, same text.", show_default=False)
     ] = None,
@@ -539,6 +539,7 @@ def inspect(
         Optional[list[str]],
         typer.Option(
             "--find",
+            metavar="FEATURE",
             help="Rank units by |Pearson r| with a feature of the text: line-position, indent, bracket-depth, "
             "in-quotes, in-word, in-tag (#hashtag, @mention, URL), or any regex (1 inside a match). Repeatable; "
             "the page opens on the best unit of the first.",
@@ -549,8 +550,7 @@ def inspect(
         int,
         typer.Option(
             "--max-chars",
-            help="Cut the text at this many characters (the page's size grows with it)."
-            + _default(f"{MAX_INSPECT_CHARS:,}"),
+            help="Cut the text at this many characters (the page's size grows with it).",
         ),
     ] = MAX_INSPECT_CHARS,
     as_json: Annotated[
