@@ -214,7 +214,8 @@ def _stored_values(result: Trace, levels: int) -> tuple[str, list[dict[str, Any]
             )
             blobs.append(raw)
             offset += len(raw)
-    return base64.b64encode(zlib.compress(b"".join(blobs), 9)).decode("ascii"), quantities
+    deflated = zlib.compress(b"".join(blobs), 6)  # level 9 saves 0.4% and takes 3x as long (8 s for 11 MB)
+    return base64.b64encode(deflated).decode("ascii"), quantities
 
 
 def _finite(value: Any) -> float | None:
