@@ -199,3 +199,26 @@ def test_the_saturation_plot_and_the_loss_curve_are_drawn(browser, page, run):
     for series in ("train", "val"):
         points = browser.find_element(By.CSS_SELECTOR, f"#loss polyline.loss-{series}").get_attribute("points")
         assert len(points.split()) == validations
+
+
+@pytest.mark.slow  # trains a second tiny run
+def test_a_record_trained_model_reads_the_text_as_a_record(tmp_path):
+    from charlstm.config import CorpusConfig
+
+    table = tmp_path / "posts.csv"
+    table.write_text("Text\n" + "".join(f'"post {i} about #tag{i % 3} @user"\n' for i in range(150)), encoding="utf-8")
+    run_dir = tmp_path / "records-run"
+    with torch_threads(1):
+        train(
+            CorpusConfig(paths=[str(table)], text_field="Text"),
+            ModelConfig(cell="gru", layers=1, hidden=12, embed=8),
+            TrainConfig(batch_size=4, seq_len=16, max_steps=10, eval_every=5),
+            run_dir,
+        )
+    text = tmp_path / "post.txt"
+    text.write_text("post 7 about #tag1 @user", encoding="utf-8")
+    result = invoke("inspect", run_dir, "--text", text, "--find", "in-tag", "--json", "--out", tmp_path / "p.html")
+    assert_ok(result)
+    data = json.loads(result.output)
+    assert data["chars"] == 24 and data["saturation"][0]["gate"] == "reset gate"
+    assert '"⟨end⟩"' in (tmp_path / "p.html").read_text(encoding="utf-8")  # the marker, as predictions name it
