@@ -86,11 +86,17 @@ def inspect(run: Path, text_file: Path, features: list[str], page: Path) -> dict
     return json.loads(done.stdout)
 
 
-def screenshot(driver, page: Path, png: Path) -> list[str]:
+def screenshot(driver, page: Path, png: Path, first_char: int = 0) -> list[str]:
+    """A screenshot of the page with its text scrolled to `first_char`."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     open_page(driver, page)
     WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!document.body.dataset.ready"))
+    driver.execute_script(
+        "const box = document.getElementById('text'), span = box.querySelectorAll('span')[arguments[0]];"
+        "box.scrollTop = span.offsetTop - box.offsetTop;",
+        first_char,
+    )
     png.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(png))
     return console_errors(driver)
@@ -120,7 +126,8 @@ def main() -> None:
             if run is None:
                 continue
             text_file = work / f"{name}.txt"
-            text_file.write_text(make_text(), encoding="utf-8")
+            text = make_text()
+            text_file.write_text(text, encoding="utf-8")
             found = inspect(run, text_file, features, pages / f"inspect-{name}.html")
             reference = inspect(shuffled_copy(run, work), text_file, features, work / f"{name}-shuffled.html")
             for feature in features:
@@ -141,7 +148,9 @@ def main() -> None:
                 png = args.shots / (
                     f"inspect-{name}.png" if feature == features[0] else f"inspect-{name}-{feature}.png"
                 )
-                errors = screenshot(driver, page, png)
+                # code: start the view at the first class, where indentation varies (class, def, body)
+                first = text.find("\nclass ") + 1 if name == "code" else 0
+                errors = screenshot(driver, page, png, max(0, first))
                 print(f"  screenshot {png} ({png.stat().st_size / 1e3:.0f} KB), console errors: {len(errors)}")
     finally:
         driver.quit()
