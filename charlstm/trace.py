@@ -40,18 +40,6 @@ class Trace:
         return len(self.ids)
 
 
-def quantity_names(model: CharRNN) -> tuple[str, ...]:
-    """The quantities a layer of this model records, in order."""
-    rnn = model.rnn
-    if isinstance(rnn, nn.LSTM):
-        return LSTM_QUANTITIES
-    if isinstance(rnn, nn.GRU):
-        return GRU_QUANTITIES
-    if isinstance(rnn, nn.RNN):
-        return RNN_QUANTITIES
-    return tuple(type(rnn.layers[0]).QUANTITIES)
-
-
 @torch.no_grad()
 def trace(model: CharRNN, ids: np.ndarray | list[int], state=None) -> Trace:
     """Read `ids` (one sequence) from `state` (the model's `(L, 1, H)` state, or zeros) and record everything.

@@ -222,3 +222,17 @@ def test_a_record_trained_model_reads_the_text_as_a_record(tmp_path):
     data = json.loads(result.output)
     assert data["chars"] == 24 and data["saturation"][0]["gate"] == "reset gate"
     assert '"⟨end⟩"' in (tmp_path / "p.html").read_text(encoding="utf-8")  # the marker, as predictions name it
+
+
+@pytest.mark.slow  # a real browser
+def test_primed_and_generated_characters_are_told_apart(browser, run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "primed.html"
+    assert_ok(invoke("inspect", run, "--prime", "The dog", "--length", "40", "--seed", "2", "--out", page))
+    load(browser, page)
+    spans = browser.find_elements(By.CSS_SELECTOR, "#text span")
+    primed = [span.text for span in spans if "primed" in span.get_attribute("class")]
+    assert "".join(primed) == "The dog" and len(spans) == 47
+    assert "7 primed characters" in browser.find_element(By.ID, "origin").text
+    assert console_errors(browser) == []
