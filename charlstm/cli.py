@@ -564,7 +564,7 @@ def inspect(
         if (text_file is None) == (prime is None):
             raise CharlstmError("give exactly one of --text FILE or --prime TEXT")
         SampleConfig(length=length, temperature=temp)  # range checks, named by flag
-        text = read_inspect_text(text_file) if text_file is not None else None
+        text, continues = read_inspect_text(text_file, max_chars) if text_file is not None else (None, False)
         inspection = inspect_run(
             path,
             text=text,
@@ -576,6 +576,7 @@ def inspect(
             out=page,
             max_chars=max_chars,
             text_name=str(text_file) if text_file is not None else "the sample",
+            text_continues=continues,
         )
     except CharlstmError as exc:
         _fail(exc)
@@ -585,7 +586,9 @@ def inspect(
         return
     if inspection.cut:
         err.print(
-            f"note: read the first {len(inspection.text):,} of {inspection.total_chars:,} characters "
+            f"note: read the first {len(inspection.text):,} "
+            + (f"of {inspection.total_chars:,} " if inspection.total_chars is not None else "")
+            + "characters "
             f"(--max-chars {max_chars:,}, the page's limit)",
             markup=False,
             soft_wrap=True,

@@ -28,10 +28,11 @@ from .config import SampleConfig
 from .errors import CharlstmError
 from .features import Match, feature_values, rank_units
 from .sample import LoadedModel, load_model, pick_seed, sample_text
-from .textio import read_text_file
+from .textio import read_text_chunks
 from .trace import Trace, trace
 
-MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays a few MB
+MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays under 10 MB
+READ_BYTES = 1 << 20  # a --text file is read in pieces of this size, and only as far as the cut
 DATA_MARK = "__CHARLSTM_INSPECT_DATA__"
 # Values are stored in 6 bits (64 levels: colours hardly show more); where the deflated values of a page would
 # pass VALUES_BUDGET bytes (base64), in 5, then 4 bits. 8-bit made 10.5 MB for a 5,000-character text read by
@@ -47,7 +48,7 @@ class Inspection:
     page: Path
     text: str
     primed: int  # leading characters that were the prime (0 for --text)
-    total_chars: int  # characters before the cut
+    total_chars: int | None  # characters before the cut (None: a file read only as far as the cut)
     loaded: LoadedModel
     result: Trace
     findings: dict[str, list[Match]] = field(default_factory=dict)
@@ -55,14 +56,23 @@ class Inspection:
 
     @property
     def cut(self) -> bool:
-        return self.total_chars > len(self.text)
+        return self.total_chars is None or self.total_chars > len(self.text)
 
 
-def read_inspect_text(path: Path) -> str:
-    text = read_text_file(Path(path)).replace("\r\n", "\n")
+def read_inspect_text(path: Path, max_chars: int = MAX_CHARS) -> tuple[str, bool]:
+    """A text file (CRLF read as LF), read only as far as the cut: (its text, whether the file goes on past it).
+    A file that goes on is returned cut at `max_chars`; a whole one whole (its length is then known)."""
+    text, continues = "", False
+    chunks = read_text_chunks(Path(path), chunk_bytes=READ_BYTES)
+    for chunk in chunks:
+        text += chunk
+        if len(text) > max_chars:
+            continues = next(chunks, None) is not None
+            chunks.close()
+            break
     if not text:
         raise CharlstmError(f"{path} is empty; give a text to inspect")
-    return text
+    return (text[:max_chars] if continues else text), continues
 
 
 def inspect_run(
@@ -76,8 +86,10 @@ def inspect_run(
     out: Path | None = None,
     max_chars: int = MAX_CHARS,
     text_name: str = "--text",
+    text_continues: bool = False,
 ) -> Inspection:
-    """Read `text` (or what the model writes after `prime`) and write the page; see the module docstring."""
+    """Read `text` (or what the model writes after `prime`) and write the page; see the module docstring.
+    `text_continues`: `text` is the start of a longer text whose length is not known (a large file)."""
     if max_chars < 2:
         raise CharlstmError(f"--max-chars must be at least 2, got {max_chars}")
     run = Path(run)
@@ -94,7 +106,7 @@ def inspect_run(
         primed = len(prime)
     if not text:
         raise CharlstmError("nothing to inspect: the text is empty")
-    total = len(text)
+    total = None if text_continues and prime is None else len(text)
     text = text[:max_chars]
     unknown = vocab.unknown(text)
     if unknown:

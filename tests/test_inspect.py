@@ -93,6 +93,12 @@ def test_a_long_text_is_cut_at_the_stated_limit(run, text_file, tmp_path):
     result = invoke("inspect", run, "--text", text_file, "--out", tmp_path / "p.html", "--max-chars", "100")
     assert_ok(result)
     assert f"read the first 100 of {len(TEXT)} characters" in result.output
+    big = tmp_path / "big.txt"  # larger than one read: read only as far as the cut, its length left unknown
+    big.write_text(TEXT * (3_000_000 // len(TEXT)), encoding="utf-8")
+    result = invoke("inspect", run, "--text", big, "--out", tmp_path / "p.html", "--max-chars", "100", "--json")
+    assert_ok(result)
+    data = json.loads(result.output)
+    assert data["chars"] == 100 and data["cut"] and data["total_chars"] is None
 
 
 @pytest.mark.parametrize(
