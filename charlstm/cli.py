@@ -593,6 +593,8 @@ def inspect(
             markup=False,
             soft_wrap=True,
         )
+    for note in inspection.notes:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
     for feature, matches in inspection.findings.items():
         out.print(
             f"--find {feature}: the units whose value follows it best (Pearson r over {len(inspection.text):,} chars)",

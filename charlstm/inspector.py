@@ -32,6 +32,7 @@ from .textio import read_text_chunks
 from .trace import Trace, trace
 
 MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays under 10 MB
+LARGE_PAGE_BYTES = 10_000_000  # a page larger than this gets a note suggesting a --max-chars that fits
 READ_BYTES = 1 << 20  # a --text file is read in pieces of this size, and only as far as the cut
 DATA_MARK = "__CHARLSTM_INSPECT_DATA__"
 # Values are stored in 6 bits (64 levels: colours hardly show more); where the deflated values of a page would
@@ -53,6 +54,7 @@ class Inspection:
     result: Trace
     findings: dict[str, list[Match]] = field(default_factory=dict)
     seed: int | None = None
+    notes: list[str] = field(default_factory=list)  # what the command should tell the user besides the path
 
     @property
     def cut(self) -> bool:
@@ -128,8 +130,14 @@ def inspect_run(
         page.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(page, lambda handle: handle.write(document.encode("utf-8")))
         page.chmod(0o644)  # a page to open and share, not a private temporary file
+        size = page.stat().st_size
     except OSError as exc:
         raise CharlstmError(f"cannot write {page}: {exc.strerror or exc}") from None
+    if size > LARGE_PAGE_BYTES:  # a big model: the values outgrew even 4 bits
+        fitting = max(100, int(len(text) * LARGE_PAGE_BYTES * 0.9 / size) // 100 * 100)
+        inspection.notes.append(
+            f"the page is {size / 1e6:.0f} MB and may open slowly; --max-chars {fitting} would keep it near 10 MB"
+        )
     return inspection
 
 
@@ -262,6 +270,7 @@ def summary(inspection: Inspection) -> dict[str, Any]:
         "primed": inspection.primed,
         "seed": inspection.seed,
         "mean_surprise": float(np.nanmean(result.surprise)),
+        "notes": inspection.notes,
         "findings": {feature: [m.__dict__ for m in matches] for feature, matches in inspection.findings.items()},
         "saturation": [
             {
