@@ -242,3 +242,10 @@ def test_primed_and_generated_characters_are_told_apart(browser, run, tmp_path):
     assert "".join(primed) == "The dog" and len(spans) == 47
     assert "7 primed characters" in browser.find_element(By.ID, "origin").text
     assert console_errors(browser) == []
+
+
+def test_a_corrupt_checkpoint_is_one_line(text_file, tmp_path):
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    assert_one_error(invoke("inspect", damaged, "--text", text_file, "--out", tmp_path / "p.html"))
+    assert not (tmp_path / "p.html").exists()
