@@ -201,15 +201,19 @@ def run_compare(
         seed = train_config.seed + seed_index
         run_dir = Path(config.out) / f"{cell}-seed{seed}"
         emit("run", {"index": index, "total": len(plan), "cell": cell, "seed": seed, "run_dir": str(run_dir)})
-        outcome = train(
-            corpus,
-            replace(cell_config, vocab_size=0),
-            replace(train_config, seed=seed),
-            run_dir=run_dir,
-            overwrite=True,
-            on_event=on_event,
-        )
-        if outcome.stopped_by.startswith("interrupt"):
+        try:
+            outcome = train(
+                corpus,
+                replace(cell_config, vocab_size=0),
+                replace(train_config, seed=seed),
+                run_dir=run_dir,
+                overwrite=True,
+                on_event=on_event,
+            )
+        except KeyboardInterrupt:  # Ctrl-C while the run was setting up (nothing of it to save), or a second one
+            result.interrupted = True
+            break
+        if outcome.stopped_by.startswith("interrupt"):  # stopped and saved where it was: left out of the table
             result.interrupted = True
             break
         summary = outcome.summary

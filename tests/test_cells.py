@@ -138,12 +138,12 @@ def test_custom_cells_default_forget_bias_is_one():
 def test_every_cell_trains_resumes_exactly_and_samples(tmp_path, cell):
     """N steps straight == N/2, stop, resume to N (weights and loss curve); the checkpoint samples the same seeded
     text on the default path (which falls back to the plain one) as on the plain path."""
-    corpus, steps = memory_corpus(2000), 12
-    model_config = tiny_model(cell=cell, hidden=12, dropout=0.1)  # dropout: the random stream must resume too
+    corpus, steps = memory_corpus(2000), 8
+    model_config = tiny_model(cell=cell, hidden=8, dropout=0.1)  # dropout: the random stream must resume too
     straight = train(corpus, model_config, tiny_train(max_steps=steps), tmp_path / "a")
     assert straight.step == steps
-    first = train(corpus, model_config, tiny_train(max_steps=steps), tmp_path / "b", should_stop=lambda s: s == 7)
-    assert first.step == 7
+    first = train(corpus, model_config, tiny_train(max_steps=steps), tmp_path / "b", should_stop=lambda s: s == 3)
+    assert first.step == 3
     resumed = train(corpus, model_config, tiny_train(max_steps=steps), resume_from=tmp_path / "b")
     assert resumed.step == steps
     a, b = saved_weights(tmp_path / "a"), saved_weights(tmp_path / "b")

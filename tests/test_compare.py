@@ -2,6 +2,9 @@
 
 import json
 import math
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -9,7 +12,7 @@ from charlstm.compare import hidden_for_params, interval, welch_significant
 from charlstm.config import ModelConfig
 from charlstm.model import CharRNN
 
-from .helpers import assert_ok, assert_one_error, invoke, write_corpus
+from .helpers import assert_ok, assert_one_error, charlstm_command, invoke, one_thread_env, write_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,3 +81,27 @@ def test_bad_compare_flags_are_one_line_errors(tmp_path, args, fragments):
 
 def test_compare_of_a_missing_corpus_is_one_line(tmp_path):
     assert_one_error(invoke("compare", tmp_path / "nope.txt", "--max-steps", "2", "-q"), "nope.txt")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_ctrl_c_keeps_the_finished_runs(tmp_path):
+    """SIGINT during the second run (setting up or training): the first run counts, the second is left out."""
+    corpus = write_corpus(tmp_path, 3000)
+    out = tmp_path / "cmp"
+    command = charlstm_command(
+        "compare", corpus, "--cell", "lstm,gru", "--seeds", "1", "--max-steps", "60", "--out", out, "-q", *TINY
+    )
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_thread_env())
+    deadline = time.monotonic() + 120
+    while not (out / "gru-seed1337" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the second run has validated once (every 3 steps): it is training, 50-odd steps to go
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    rows = [line.split()[0] for line in stdout.splitlines()[1:] if line.split() and line.split()[0] in ("lstm", "gru")]
+    assert rows == ["lstm"]
+    assert "interrupted" in stdout
+    assert (out / "lstm-seed1337" / "best.pt").exists()
+    assert (out / "gru-seed1337" / "latest.pt").exists()  # saved where it stopped: it can be resumed
