@@ -14,7 +14,7 @@ peephole -- the LSTM with peephole connections (Gers & Schmidhuber 2000, "Recurr
 
 pseudo -- r2rt's pseudo LSTM ("Written Memories: Understanding, Deriving and Extending the LSTM"): the state
     s is squashed whenever it is read, never when written, and the read comes before the write:
-        r = tanh(s_prev)                                   (the squashed prior state; equal to h_prev)
+        r = tanh(s_prev)                                   (the squashed prior state: h_prev)
         i, o, f = sigma(W x + U r + b)                     (write, read and forget gates)
         s~ = tanh(W_s x + U_s (o * r) + b_s)               (the candidate write, from the read-gated state)
         s = f * s_prev + i * s~                            h = tanh(s)
@@ -90,14 +90,16 @@ def _cell(
         o = torch.sigmoid(torch.addcmul(zo, p[2], c_new))
         return o * torch.tanh(c_new), c_new, [i, f, o, g]
     if kind == 1:  # pseudo: w = [U_gates (H, 3H), U_candidate (H, H)], both transposed
-        read = torch.tanh(c)  # (B, H): the squashed prior state
+        # (B, H): the squashed prior state tanh(s_prev), which h_prev is (in every state this cell produces, and
+        # zeros); reading h saves a tanh and keeps both halves of the state inputs of an exported graph
+        read = h
         x_gates, x_candidate = xp.split([3 * hidden, hidden], 1)
         i, o, f = torch.sigmoid(torch.addmm(x_gates, read, w[0])).split(hidden, 1)  # (B, H) each
         candidate = torch.tanh(torch.addmm(x_candidate, o * read, w[1]))
         c_new = f * c + i * candidate
         return torch.tanh(c_new), c_new, [i, o, f, candidate, read]
     if kind == 2:  # pseudo2: w = [U_read (H, H), U_rest (H, 3H)], both transposed
-        read = torch.tanh(c)
+        read = h  # tanh(s_prev), as in pseudo
         x_read, x_rest = xp.split([hidden, 3 * hidden], 1)
         o = torch.sigmoid(torch.addmm(x_read, read, w[0]))  # (B, H): the read gate, from the squashed state
         gated = o * read  # (B, H): Diff 2, the gates below are computed from the read-gated state

@@ -1,6 +1,8 @@
 """The cells of charlstm/cells.py: their step against their forward, their weights and initialisation, and every
 cell through training, checkpoint, exact resume and seeded sampling."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -212,3 +214,23 @@ def test_train_help_lists_every_cell():
     for cell in CELLS:
         assert cell in text
     assert "--init" in text and "--forget-bias" in text
+
+
+@pytest.mark.parametrize("cell", CUSTOM_CELLS)
+def test_one_step_exports_to_onnx(cell, tmp_path):
+    """The export contract: `model(ids[:, None], state)` exports (T = 1), every state input used, and runs the same."""
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(cell, layers=2)
+    ids = torch.randint(11, (2, 1))
+    state = (torch.randn(2, 2, 12) * 0.5, torch.randn(2, 2, 12))
+    path = tmp_path / "step.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, state), str(path), dynamo=False, input_names=["ids", "h", "c"])
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["ids", "h", "c"]
+    got = session.run(None, {"ids": ids.numpy(), "h": state[0].numpy(), "c": state[1].numpy()})
+    with torch.no_grad():
+        logits, (h, c) = model(ids, state)
+    for mine, theirs in zip(got, (logits, h, c)):
+        assert abs(mine - theirs.numpy()).max() < 1e-5
