@@ -49,9 +49,10 @@ window is taken apart with one `unbind`: indexing `xp[t]` or slicing gates makes
 window's (or gate block's) gradient at every step, which had cost more than the matrix multiplies. The loop
 itself is plain Python: written to be scriptable (`_cell` and `_recurrence` compile with torch.jit.script), the
 scripted loop trained slower than the eager one on this CPU (benchmarks/cell_speed.py; TorchScript's profiling
-executor adds work per op), so it is not used. Plain ops also keep `torch.jit.trace` and ONNX export working
-(at T = 1 as at any T). `step` is the same math per character, returning the named quantities an inspector
-shows.
+executor adds work per op), so it is not used; `torch.compile` of `_cell` took ~3 minutes to compile on the
+loaded 2-core machine and was no faster per window (pseudo2: 740-780 ms against eager 570-910), so neither is
+it. Plain ops also keep `torch.jit.trace` and ONNX export working (at T = 1 as at any T). `step` is the same math
+per character, returning the named quantities an inspector shows.
 """
 
 from __future__ import annotations
