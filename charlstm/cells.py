@@ -46,7 +46,9 @@ gate is 1 - i, the input gate's bias is set to -F, which gives its forget gate t
 Speed: a layer's input projection for a whole window is one matrix multiply (`project`); per step the recurrent
 matrix multiply carries the projection in as its bias (addmm) and the gates come apart with one `split`, and the
 window is taken apart with one `unbind`: indexing `xp[t]` or slicing gates makes autograd zero-fill a whole
-window's (or gate block's) gradient at every step, which had cost more than the matrix multiplies. The loop
+window's (or gate block's) gradient at every step, which had cost more than the matrix multiplies. In training,
+the recurrent matrices' gradients are one matrix multiply over the window too (`_RecurrentWeightGrads`; all cells
+but lnlstm, whose recurrent product is normalised before it meets xp), instead of one of B rows per step. The loop
 itself is plain Python: written to be scriptable (`_cell` and `_recurrence` compile with torch.jit.script), the
 scripted loop trained slower than the eager one on this CPU (benchmarks/cell_speed.py; TorchScript's profiling
 executor adds work per op), so it is not used; `torch.compile` of `_cell` took ~3 minutes to compile on the
@@ -140,6 +142,31 @@ def _recurrence(
     return torch.stack(outputs, 1), h, c
 
 
+class _RecurrentWeightGrads(torch.autograd.Function):
+    """Identity on a window's input projections xp (T, B, G*H) whose backward also returns the gradients of the
+    recurrent matrices, each as one matrix multiply over the whole window.
+
+    In peephole, pseudo, pseudo2 and cifg every recurrent product is added to a slice of xp_t (`addmm`), so the
+    gradient of that product is the gradient of the slice: dU = sum_t input_t^T dxp_t, one (in, T*B) @ (T*B, out)
+    product instead of T small ones of B rows inside the loop (which then runs with the matrices detached). The
+    loop fills `inputs` (per matrix, the T inputs it was multiplied with) before backward runs; the backward runs
+    after every step's, since every step reads xp."""
+
+    @staticmethod
+    def forward(ctx, xp, inputs, splits, *matrices):
+        ctx.inputs, ctx.splits = inputs, splits
+        return xp.view_as(xp)
+
+    @staticmethod
+    def backward(ctx, dxp):
+        rows = dxp.reshape(-1, dxp.size(-1))  # (T*B, G*H)
+        grads = [
+            torch.cat(inputs).t().mm(block)  # (in, T*B) @ (T*B, out): the matrix's gradient, transposed like it
+            for inputs, block in zip(ctx.inputs, rows.split(ctx.splits, dim=1))
+        ]
+        return (dxp, None, None, *grads)
+
+
 class _Layer(nn.Module):
     """One layer of a custom cell: its weights, `project` (the input side), `step` (one character, eager)."""
 
@@ -162,9 +189,31 @@ class _Layer(nn.Module):
         """What `_cell` takes as `w` (matrices transposed for `h @ U`)."""
         return [self.weight_hh.t()]
 
+    # per recurrent matrix, the columns of xp its product is added to (None: the product is not added to xp)
+    SPLITS: tuple[int, ...] | None = None
+
     def run(self, xp: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """The recurrence over a window: xp (B, T, G*H), (h, c) (B, H) -> (B, T, H), h, c."""
-        return _recurrence(_KIND[self.cell], xp.transpose(0, 1), h, c, self.recurrent_weights())
+        weights, kind = self.recurrent_weights(), _KIND[self.cell]
+        training = torch.is_grad_enabled() and self.weight_hh.requires_grad
+        if self.SPLITS is None or not training or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return _recurrence(kind, xp.transpose(0, 1), h, c, weights)
+        matrices = len(self.SPLITS)
+        inputs: list[list[torch.Tensor]] = [[] for _ in range(matrices)]
+        splits = [size * self.hidden for size in self.SPLITS]
+        xp = _RecurrentWeightGrads.apply(xp.transpose(0, 1), inputs, splits, *weights[:matrices])  # (T, B, G*H)
+        detached = [w.detach() for w in weights[:matrices]] + weights[matrices:]
+        outputs = []
+        for xp_t in xp.unbind(0):
+            inputs[0].append(h.detach())
+            h, c, others = _cell(kind, xp_t, h, c, detached)
+            if matrices == 2:  # the pseudo cells' second product: of the read-gated state
+                inputs[1].append(self._second_input(others).detach())
+            outputs.append(h)
+        return torch.stack(outputs, 1), h, c
+
+    def _second_input(self, others: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError  # only the cells with two recurrent matrices have one
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """One character in eager torch: x (B, in), state (h, c) of (B, H) -> (h, (h, c), quantities)."""
@@ -193,6 +242,7 @@ class _Layer(nn.Module):
 
 class PeepholeLayer(_Layer):
     cell = "peephole"
+    SPLITS = (4,)
     QUANTITIES = ("h", "c", "input gate", "forget gate", "output gate", "candidate")
 
     def __init__(self, in_features: int, hidden: int):
@@ -216,7 +266,11 @@ class PseudoLayer(_Layer):
     """Input rows: i, o, f (gates), then the candidate; recurrent rows the same."""
 
     cell = "pseudo"
+    SPLITS = (3, 1)
     QUANTITIES = ("h", "state", "write gate", "read gate", "forget gate", "candidate write", "squashed state")
+
+    def _second_input(self, others: list[torch.Tensor]) -> torch.Tensor:
+        return others[1] * others[4]  # o * read: what the candidate's matrix multiplied
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         H = self.hidden
@@ -231,7 +285,11 @@ class Pseudo2Layer(_Layer):
     """Input rows: o (read gate), then i, f, candidate; recurrent rows the same."""
 
     cell = "pseudo2"
+    SPLITS = (1, 3)
     QUANTITIES = ("h", "state", "write gate", "read gate", "forget gate", "candidate write", "read-gated state")
+
+    def _second_input(self, others: list[torch.Tensor]) -> torch.Tensor:
+        return others[4]  # o * read
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         H = self.hidden
@@ -246,6 +304,7 @@ class CIFGLayer(_Layer):
     """Rows: i, g, o. The forget gate is 1 - i."""
 
     cell = "cifg"
+    SPLITS = (3,)
     QUANTITIES = ("h", "c", "input gate", "forget gate", "output gate", "candidate")
 
     def _set_forget_bias(self, forget_bias: float) -> None:

@@ -234,3 +234,23 @@ def test_one_step_exports_to_onnx(cell, tmp_path):
         logits, (h, c) = model(ids, state)
     for mine, theirs in zip(got, (logits, h, c)):
         assert abs(mine - theirs.numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("cell", CUSTOM_CELLS)
+def test_window_weight_gradients_equal_per_step_autograd(cell):
+    """The recurrent matrices' gradients taken once per window (training) equal plain autograd's per step."""
+    model = _model(cell, layers=2).train()
+    ids = torch.randint(11, (3, 9))
+    state = (torch.randn(2, 3, 12) * 0.5, torch.randn(2, 3, 12))
+
+    def gradients(per_window: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        for layer in model.rnn.layers:
+            layer.SPLITS = type(layer).SPLITS if per_window else None  # None: the plain loop
+        logits, (h, c) = model(ids, state)
+        (logits.square().mean() + h.sum() + c.square().sum()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain, per_window = gradients(False), gradients(True)
+    for name in plain:
+        assert (plain[name] - per_window[name]).abs().max() < 1e-5, name
