@@ -154,7 +154,29 @@ def train(
         ),
     ] = None,
     cell: Annotated[
-        Optional[str], typer.Option(help="Recurrent cell: lstm, gru or rnn." + _default(_M.cell), show_default=False)
+        Optional[str],
+        typer.Option(
+            help="Recurrent cell: lstm, gru, rnn (fused kernels), peephole (LSTM with peepholes), pseudo (r2rt's "
+            "pseudo LSTM), pseudo2 (pseudo LSTM + Diff 2), cifg (coupled input/forget gates) or lnlstm "
+            "(layer-normalised LSTM); equations in charlstm/cells.py." + _default(_M.cell),
+            show_default=False,
+        ),
+    ] = None,
+    init: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Weight initialisation: default (PyTorch's uniform +-1/sqrt(hidden)) or xavier (Xavier-Glorot per "
+            "gate matrix, zero biases)." + _default(_M.init),
+            show_default=False,
+        ),
+    ] = None,
+    forget_bias: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Forget-gate bias of LSTM-like cells (all but gru and rnn). (default: 1 for the cells of "
+            "charlstm/cells.py; for lstm, PyTorch's initialisation untouched)",
+            show_default=False,
+        ),
     ] = None,
     layers: Annotated[
         Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)
@@ -347,6 +369,131 @@ def train(
     err.print(f"Sample with: charlstm sample {result.run_dir}")
     if result.stopped_by.startswith("interrupt"):
         err.print(render.interrupted(result), markup=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------ probe, compare
+
+
+@app.command()
+def probe(
+    task: Annotated[str, typer.Argument(help="count, count-distract, memory or copy (Edwin Chen's tasks).")],
+    cell: Annotated[str, typer.Option(help="Recurrent cell (any of train's --cell).")] = "lstm",
+    layers: Annotated[
+        Optional[int], typer.Option(help="Layers. (default: the task's: 2 for copy, else 1)", show_default=False)
+    ] = None,
+    hidden: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Units per layer. (default: the task's: 10 for count and memory, 32 else)", show_default=False
+        ),
+    ] = None,
+    train_max: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Train on lengths 1..this (N, the x's, the string). (default: 10; copy 4)", show_default=False
+        ),
+    ] = None,
+    eval_max: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Evaluate lengths 1..this. (default: 30 for count and memory, 20 count-distract, 8 copy)",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per seed.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam's peak learning rate (cosine decay).")] = 1e-2,
+    seeds: Annotated[int, typer.Option(help="Independent runs (seeds --seed, --seed + 1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Train small models on a synthetic task and report exact-match accuracy per length, inside the training
+    range and beyond it, the first length that fails, and the units that carry the task."""
+    from .probes import ProbeConfig, run_probe
+
+    try:
+        config = ProbeConfig(
+            task=task,
+            cell=cell,
+            layers=layers,
+            hidden=hidden,
+            train_max=train_max,
+            eval_max=eval_max,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seeds=seeds,
+            seed=seed,
+        )
+        result = run_probe(config, on_seed=lambda i: err.print(f"seed {i + 1}/{config.seeds} done"))
+    except CharlstmError as exc:
+        _fail(exc)
+        return
+    out.print(result.to_json() if as_json else result.render(), markup=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    corpus: Annotated[list[Path], typer.Argument(help="Text file(s) or directories to train every run on.")],
+    cells: Annotated[
+        str, typer.Option("--cell", help="Comma-separated cells, the first being the reference, e.g. lstm,gru,pseudo2.")
+    ] = "lstm,gru,pseudo,pseudo2,peephole",
+    seeds: Annotated[int, typer.Option(help="Runs per cell (seeds --seed, --seed + 1, ...).")] = 3,
+    max_time: Annotated[
+        Optional[str], typer.Option(help="Budget per run: wall-clock time, e.g. 90s, 5m.", show_default=False)
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option(help="Budget per run: training steps.", show_default=False)
+    ] = None,
+    params: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Size each cell's --hidden to about this many parameters. (default: same --hidden)", show_default=False
+        ),
+    ] = None,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = _M.layers,
+    hidden: Annotated[int, typer.Option(help="Units per layer (unless --params).")] = _M.hidden,
+    embed: Annotated[int, typer.Option(help="Character embedding width.")] = _M.embed,
+    init: Annotated[str, typer.Option(help="Weight initialisation: default or xavier.")] = _M.init,
+    batch_size: Annotated[int, typer.Option(help="Parallel streams per step.")] = _T.batch_size,
+    seq_len: Annotated[int, typer.Option(help="Characters per stream per step.")] = _T.seq_len,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _T.lr,
+    eval_every: Annotated[int, typer.Option(help="Validate every this many steps.")] = _T.eval_every,
+    seed: Annotated[int, typer.Option(help="The first seed.")] = _T.seed,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the runs are kept: OUT/<cell>-seed<seed>/.")
+    ] = Path("checkpoints/compare"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train each cell --seeds times with the same budget and shape; print best validation loss (mean and 95%
+    interval), parameters, chars/s, and which differences from the first cell are significant."""
+    from .compare import CompareConfig, CompareProgress, parse_cells, run_compare
+
+    progress = None
+    try:
+        compare_config = CompareConfig(cells=parse_cells(cells), seeds=seeds, params=params, out=out_dir)
+        model_config = ModelConfig(layers=layers, hidden=hidden, embed=embed, init=init)
+        budget = {"max_time": parse_duration(max_time, "--max-time")} if max_time else {}
+        train_config = TrainConfig(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            lr=lr,
+            eval_every=eval_every,
+            seed=seed,
+            max_steps=max_steps,
+            **budget,
+        )
+        corpus_config = CorpusConfig(paths=[str(p) for p in corpus])
+        progress = CompareProgress(quiet=quiet)
+        result = run_compare(corpus_config, model_config, train_config, compare_config, on_event=progress)
+    except CharlstmError as exc:
+        _fail(exc)
+        return
+    finally:
+        if progress is not None:
+            progress.close()
+    out.print(result.to_json() if as_json else result.render(), markup=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- sample

@@ -9,7 +9,13 @@ from typing import Any
 
 from .errors import CharlstmError
 
-CELLS = ("lstm", "gru", "rnn")
+FUSED_CELLS = ("lstm", "gru", "rnn")  # nn.LSTM / nn.GRU / nn.RNN
+CUSTOM_CELLS = ("peephole", "pseudo", "pseudo2", "cifg", "lnlstm")  # charlstm/cells.py
+CELLS = FUSED_CELLS + CUSTOM_CELLS
+INITS = ("default", "xavier")
+# the forget-gate bias of ModelConfig.forget_bias = None: r2rt's 1 for the custom LSTM-like cells; for lstm,
+# PyTorch's own initialisation untouched (what every run before these options got)
+DEFAULT_FORGET_BIAS = {"lstm": None, "peephole": 1.0, "pseudo": 1.0, "pseudo2": 1.0, "cifg": 1.0, "lnlstm": 1.0}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
@@ -42,21 +48,45 @@ class CorpusConfig:
             raise InvalidValue("records", f"must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
 
 
+def is_lstm_like(cell: str) -> bool:
+    """Whether a cell carries an (h, c) pair of states (every cell but gru and rnn)."""
+    return cell in DEFAULT_FORGET_BIAS
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus
-    cell: str = "lstm"  # lstm | gru | rnn
+    cell: str = "lstm"  # one of CELLS
     layers: int = 1  # stacked recurrent layers
     hidden: int = 384  # units per layer
     embed: int = 64  # character embedding width
     dropout: float = 0.0  # between layers (and before the head)
+    init: str = "default"  # default (PyTorch's uniform rule) | xavier (Xavier-Glorot per gate matrix, zero biases)
+    forget_bias: float | None = None  # LSTM-like cells' forget-gate bias (None: DEFAULT_FORGET_BIAS of the cell)
 
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def state_tensors(self) -> int:
+        """How many (layers, B, hidden) tensors the carried state is: 2 (h, c) for LSTM-like cells, else 1."""
+        return 2 if is_lstm_like(self.cell) else 1
+
+    @property
+    def effective_forget_bias(self) -> float | None:
+        """The forget bias the model is built with (None: the initialisation's own)."""
+        return DEFAULT_FORGET_BIAS.get(self.cell) if self.forget_bias is None else self.forget_bias
+
     def validate(self) -> None:
         if self.cell not in CELLS:
             raise InvalidValue("cell", f"must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.init not in INITS:
+            raise InvalidValue("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.forget_bias is not None:
+            if not is_lstm_like(self.cell):
+                raise InvalidValue("forget_bias", f"applies to LSTM-like cells only, not {self.cell}")
+            if not (math.isfinite(self.forget_bias) and abs(self.forget_bias) <= 100):
+                raise InvalidValue("forget_bias", f"must be a number in [-100, 100], got {self.forget_bias}")
         _positive("layers", self.layers)
         _positive("hidden", self.hidden)
         _positive("embed", self.embed)

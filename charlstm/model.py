@@ -1,11 +1,13 @@
-"""CharRNN: character embedding -> stacked LSTM/GRU/RNN (fused cuDNN/oneDNN kernels) -> linear head."""
+"""CharRNN: character embedding -> stacked recurrent cells -> linear head. LSTM/GRU/RNN are the fused
+cuDNN/oneDNN kernels; the other cells are charlstm/cells.py's `CustomRNN`, called the same way."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .cells import CustomRNN, initialise
+from .config import FUSED_CELLS, ModelConfig, is_lstm_like
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -17,13 +19,17 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed)
-        self.rnn = _CELLS[config.cell](
-            config.embed,
-            config.hidden,
-            num_layers=config.layers,
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            batch_first=True,
-        )
+        if config.cell in FUSED_CELLS:
+            self.rnn = _CELLS[config.cell](
+                config.embed,
+                config.hidden,
+                num_layers=config.layers,
+                dropout=config.dropout if config.layers > 1 else 0.0,
+                batch_first=True,
+            )
+        else:
+            self.rnn = CustomRNN(config)
+        initialise(self.rnn, config)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
 
@@ -36,7 +42,7 @@ class CharRNN(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
         device = device or self.head.weight.device
         zeros = torch.zeros(self.config.layers, batch, self.config.hidden, device=device)
-        return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
+        return (zeros, zeros.clone()) if self.config.state_tensors == 2 else zeros
 
     @property
     def num_params(self) -> int:
@@ -62,4 +68,4 @@ def state_from_list(tensors: list[torch.Tensor], cell: str, device: torch.device
     if not tensors:
         return None
     moved = [t.to(device) for t in tensors]
-    return (moved[0], moved[1]) if cell == "lstm" else moved[0]
+    return (moved[0], moved[1]) if is_lstm_like(cell) else moved[0]

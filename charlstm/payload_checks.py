@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .config import CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
+from .cells import parameter_shapes
+from .config import CELLS, CUSTOM_CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
 from .errors import CharlstmError
 from .safepickle import MAX_INT, TensorSpec
 from .safescan import SCALARS, Scanned
@@ -45,10 +46,12 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # what a carried hidden
 def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The state dict of CharRNN(config), name -> shape, in its order, without building it (a model on the meta
     device costs seconds of imports the first time). tests/test_checkpoint_safety.py checks it against CharRNN."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
     vocab, hidden, embed = config.vocab_size, config.hidden, config.embed
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (vocab, embed)}
-    for layer in range(config.layers):
+    if config.cell in CUSTOM_CELLS:
+        shapes.update({f"rnn.{name}": shape for name, shape in parameter_shapes(config).items()})
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}.get(config.cell, 0)
+    for layer in range(config.layers if gates else 0):
         shapes[f"rnn.weight_ih_l{layer}"] = (gates * hidden, embed if layer == 0 else hidden)
         shapes[f"rnn.weight_hh_l{layer}"] = (gates * hidden, hidden)
         shapes[f"rnn.bias_ih_l{layer}"] = (gates * hidden,)
@@ -113,7 +116,7 @@ def check_model_payload(scanned: Scanned) -> None:
         _check_optimizer(payload["optimizer"], config, shapes)
     if payload.get("progress") is not None:
         _check_progress(payload["progress"])
-    states = 2 if config.cell == "lstm" else 1
+    states = config.state_tensors
     if payload.get("hidden") is not None:
         _check_hidden(payload["hidden"], config, states)
     if payload.get("rng") is not None:

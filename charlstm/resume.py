@@ -20,7 +20,7 @@ from .streams import Streams
 
 # Flags that fix the data layout and the architecture: on resume the checkpoint's values win.
 LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding")
-ARCH_FIELDS = ("cell", "layers", "hidden", "embed", "dropout")
+ARCH_FIELDS = ("cell", "layers", "hidden", "embed", "dropout", "init", "forget_bias")
 
 
 @dataclass
@@ -195,7 +195,7 @@ def _hidden_fits(hidden: list, config: ModelConfig, batch: int) -> bool:
         )
     if hidden[0].shape[1] != batch:
         return False
-    expected = [(config.layers, batch, config.hidden)] * (2 if config.cell == "lstm" else 1)
+    expected = [(config.layers, batch, config.hidden)] * config.state_tensors
     if [tuple(h.shape) for h in hidden] != expected:
         raise CharlstmError(
             f"its hidden state has shapes {[tuple(h.shape) for h in hidden]}, the model needs {expected}"

@@ -142,7 +142,7 @@ def _pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> Sta
         return None
     config = loaded.model.config
     count = stored[0].size(1)  # K
-    expected = [(config.layers, count, config.hidden)] * (2 if config.cell == "lstm" else 1)
+    expected = [(config.layers, count, config.hidden)] * config.state_tensors
     if [tuple(t.shape) for t in stored] != expected or count < 1:  # the loader checks this too; never a traceback
         raise CharlstmError(
             f"{loaded.path}: its start states have shapes {[tuple(t.shape) for t in stored]}, "
@@ -150,7 +150,7 @@ def _pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> Sta
         )
     choice = torch.randint(count, (n,), generator=rng)  # (N,): which stored state each sample starts from
     picked = [t.float()[:, choice].contiguous() for t in stored]  # (layers, N, H) each
-    return (picked[0], picked[1]) if config.cell == "lstm" else picked[0]
+    return (picked[0], picked[1]) if config.state_tensors == 2 else picked[0]
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .config import FUSED_CELLS
 from .draw import draw_ids, draw_ids_numpy, uniform_chunks
 from .model import CharRNN, State
 
@@ -403,6 +404,8 @@ class ChunkedTorchStepper(TorchStepper):
 def make_stepper(model: CharRNN, num_samples: int, fast: bool = True) -> TorchStepper:
     """The fastest stepper for this model and device; `fast=False` forces the plain path."""
     device = next(model.parameters()).device
+    if model.config.cell not in FUSED_CELLS:  # charlstm/cells.py's cells: the plain path, same text
+        return TorchStepper(model)
     if fast and device.type == "cuda":
         return ChunkedTorchStepper(model)
     if fast and device.type == "cpu" and model.config.cell == "lstm":

@@ -185,7 +185,7 @@ TRAIN_FLAGS = [
     (["--save-every", "often"], "--save-every: cannot read 'often' as a duration"),
     (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
     (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
-    (["--cell", "transformer"], "--cell must be one of lstm, gru, rnn"),
+    (["--cell", "transformer"], "--cell must be one of lstm, gru, rnn, peephole, pseudo, pseudo2, cifg, lnlstm"),
     (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps, got 'tpu'"),
     (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16"),
 ]

@@ -56,7 +56,10 @@ def refused(message: str):
 
 
 MODEL_REFUSALS = [
-    (dict(cell="transformer"), "cell must be one of lstm, gru, rnn, got 'transformer'"),
+    (
+        dict(cell="transformer"),
+        "cell must be one of lstm, gru, rnn, peephole, pseudo, pseudo2, cifg, lnlstm, got 'transformer'",
+    ),
     (dict(layers=0), "layers must be > 0, got 0"),
     (dict(layers=-2), "layers must be > 0, got -2"),
     (dict(hidden=0), "hidden must be > 0, got 0"),
@@ -64,6 +67,9 @@ MODEL_REFUSALS = [
     (dict(dropout=-0.1), "dropout must be in [0, 1), got -0.1"),
     (dict(dropout=1.0), "dropout must be in [0, 1), got 1.0"),
     (dict(dropout=math.nan), "dropout must be in [0, 1), got nan"),
+    (dict(init="he"), "init must be one of default, xavier, got 'he'"),
+    (dict(cell="gru", forget_bias=1.0), "forget_bias applies to LSTM-like cells only, not gru"),
+    (dict(forget_bias=math.inf), "forget_bias must be a number in [-100, 100], got inf"),
 ]
 
 
