@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__, render, rundir
 from .config import (
@@ -57,7 +58,7 @@ def _fail(error: CharlstmError) -> None:
     message = str(error)
     if isinstance(error, InvalidValue):
         message = f"{FLAGS.get(error.name, '--' + error.name.replace('_', '-'))} {error.problem}"
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # e.g. 'charlstm[export]' kept
     raise typer.Exit(1)
 
 
