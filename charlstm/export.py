@@ -41,6 +41,7 @@ EXPORT_EXTRA = ("onnx", "onnxscript", "onnxruntime")  # what --format onnx needs
 INSTALL_EXTRA = "pip install 'charlstm[export]'"
 FORMAT_NAME, FORMAT_VERSION = "charlstm-export", 1
 PARITY_STEPS = 200  # steps of a prime and a sample each export is checked over
+PARITY_LIMIT = 1e-3  # max |Δlogit| beyond which an export is refused (float32 rounding gives ~1e-6)
 PAGE_PROBE_CHARS = 300  # the page's stated float16 error is measured over this many sampled characters
 FLOAT16_MAX = 65504.0
 
@@ -204,6 +205,15 @@ def _write(path: Path, data: bytes) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
+def check_gap(loaded: LoadedModel, fmt: str, gap: float, steps: int) -> None:
+    """Refuse an export that does not reproduce the model (a forward whose Python branches the trace froze)."""
+    if not gap <= PARITY_LIMIT:
+        raise CharlstmError(
+            f"a {loaded.model.config.cell!r} model cannot be exported to {fmt}: the traced step does not reproduce "
+            f"the model (max |Δlogit| {gap:.1e} over {steps} steps; its forward has branches a trace cannot follow)"
+        )
+
+
 def _size(path: Path) -> str:
     size = path.stat().st_size
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB"
@@ -267,6 +277,7 @@ def export_onnx(loaded: LoadedModel, target: Path) -> Exported:
     names = state_names(loaded.model)
     zeros = [s.numpy() for s in example_inputs(loaded.model, 1)[1:]]
     gap = float(np.abs(onnx_logits(session, names, ids, zeros) - reference_logits(loaded.model, ids)).max())
+    check_gap(loaded, "ONNX", gap, len(ids))
     sidecar = target.with_suffix(".json")
     _write(target, data)
     text = json.dumps(describe(loaded), indent=1, ensure_ascii=False) + "\n"
@@ -411,6 +422,7 @@ def export_torchscript(loaded: LoadedModel, target: Path) -> Exported:
         logits, *state = reloaded(torch.tensor([token]), *state)
         rows.append(logits[0].numpy())
     gap = float(np.abs(np.stack(rows) - reference_logits(loaded.model, ids)).max())
+    check_gap(loaded, "TorchScript", gap, len(ids))
     _write(target, data)
     inputs = ", ".join(describe(loaded)["inputs"])
     return Exported(

@@ -195,6 +195,7 @@ def test_torchscript_matches_the_model_over_200_steps(runs, torchscript_files, c
     assert json.loads(module.config())["vocab"] == load_model(runs[cell]).vocab.chars
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_torchscript_loads_and_generates_where_charlstm_is_not_installed(torchscript_files, tmp_path):
     code = (
@@ -337,6 +338,29 @@ def test_onnx_without_the_extra_says_how_to_install_it(runs, tmp_path, monkeypat
     line = assert_one_error(invoke("export", runs["lstm"], "--format", "onnx", "--out", tmp_path / "m.onnx"))
     assert "onnxscript" in line and "pip install 'charlstm[export]'" in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_model_whose_forward_does_not_trace_is_refused_by_name(runs, tmp_path, monkeypatch, fmt):
+    """A cell with a Python branch on the data (as a cell added later might have): the trace freezes one branch
+    (TorchScript, caught by the check against the model) or fails (ONNX); either way one line naming the cell."""
+    from charlstm.model import CharRNN
+
+    plain = CharRNN.forward
+
+    def branchy(self, x, state=None):
+        logits, state = plain(self, x, state)
+        if int(x[0, -1]) == 3:  # a branch on a value: what tracing cannot follow
+            logits = logits + 1.0
+        return logits, state
+
+    monkeypatch.setattr(CharRNN, "forward", branchy)
+    target = tmp_path / f"m{export_module.SUFFIXES[fmt]}"
+    assert_one_error(
+        invoke("export", runs["lstm"], "--format", fmt, "--out", target), "'lstm' model cannot be exported"
+    )
+    assert not target.exists()
 
 
 def test_output_paths_default_beside_the_checkpoint(runs, tmp_path):
