@@ -37,12 +37,19 @@ from charlstm.sample import load_model, sample_text
 from tests.browser import open_page, start_browser
 
 CELLS = ("lstm", "gru", "rnn")
+FORMATS = ("onnx", "torchscript", "html16", "html32")  # html16/32: the page with float16 / float32 weights
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript", "html16": "-f16.html", "html32": "-f32.html"}
 PRIMES = ("ROMEO:", "First Citizen:\nWe are", "the king", "\n\n", "What say you")
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def export(run: Path, fmt: str, out: Path) -> tuple[Path, float]:
-    command = [sys.executable, "-m", "charlstm", "export", str(run), "--format", fmt, "--out", str(out)]
+def export(run: Path, fmt: str, stem: Path) -> tuple[Path, float]:
+    """`charlstm export RUN --format FMT --out STEM.<suffix>` (html16, html32: --format html --precision
+    float16/float32); returns the file and the command's seconds."""
+    out = stem.with_name(stem.name + SUFFIXES[fmt])
+    precision = {"html16": ["--precision", "float16"], "html32": ["--precision", "float32"]}.get(fmt, [])
+    command = [sys.executable, "-m", "charlstm", "export", str(run), "--format", "html" if precision else fmt]
+    command += [*precision, "--out", str(out)]
     print("$", " ".join(command), flush=True)
     began = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
@@ -201,63 +208,57 @@ def main() -> None:
     vocab = load_model(runs["lstm"]).vocab.chars
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=3, hidden=512))
-    ckpt.save_checkpoint(
-        {"model_config": asdict(model.config), "vocab": vocab, "model": model.state_dict()}, big / "best.pt"
-    )
+    payload = {"model_config": asdict(model.config), "vocab": vocab, "model": model.state_dict()}
+    ckpt.save_checkpoint(payload, big / "best.pt")
 
     driver = start_browser()
     try:
         parity, files = [], {}
-        for cell, run in [*runs.items(), ("lstm-3x512", big)]:
+        for name, run in [*runs.items(), ("lstm-3x512", big)]:
             loaded = load_model(run)
-            files[cell] = {fmt: export(run, fmt, args.out / f"{cell}.{fmt}") for fmt in ("onnx", "torchscript", "html")}
-            if cell in CELLS:
+            files[name] = {fmt: export(run, fmt, args.out / name) for fmt in FORMATS}
+            if name in CELLS:
                 ids, expected = probe(loaded)
+                made = {fmt: path for fmt, (path, _) in files[name].items()}
                 parity.append(
                     (
-                        cell,
+                        name,
                         loaded.model.config,
-                        onnx_parity(files[cell]["onnx"][0], loaded, ids, expected),
-                        torchscript_parity(files[cell]["torchscript"][0], loaded, ids, expected),
-                        page_parity(driver, files[cell]["html"][0], loaded),
+                        onnx_parity(made["onnx"], loaded, ids, expected),
+                        torchscript_parity(made["torchscript"], loaded, ids, expected),
+                        page_parity(driver, made["html16"], loaded),
+                        page_parity(driver, made["html32"], loaded),
                     )
                 )
-        rates = speeds(
-            driver,
-            files["lstm"]["html"][0],
-            files["lstm"]["torchscript"][0],
-            files["lstm"]["onnx"][0],
-            runs["lstm"],
-            args.length,
-        )
+        lstm = {fmt: path for fmt, (path, _) in files["lstm"].items()}
+        rates = speeds(driver, lstm["html16"], lstm["torchscript"], lstm["onnx"], runs["lstm"], args.length)
         chromium = driver.capabilities.get("browserVersion")
     finally:
         driver.quit()
 
     print(
-        "\nParity with the model (ONNX, TorchScript: 200 steps of a prime and a sample; page: after",
-        len(PRIMES),
-        "primes)",
+        f"\nParity with the model (ONNX, TorchScript: 200 steps of a prime and a sample; pages: after {len(PRIMES)} primes)"
     )
     print(
-        f"{'cell':6} {'shape':>8} | {'ONNX Δlogit':>11} {'ONNX Δp':>9} | {'TS Δlogit':>9} {'TS Δp':>9} | {'page Δp':>9} {'page states':>11}"
+        f"{'cell':6} {'shape':>8} | {'ONNX Δlogit':>11} {'ONNX Δp':>9} | {'TS Δlogit':>9} {'TS Δp':>9} | {'page f16 Δp':>11} {'it states':>9} | {'page f32 Δp':>11}"
     )
-    for cell, config, (ol, op), (tl, tp), (pp, stated) in parity:
+    for cell, config, (ol, op), (tl, tp), (pp, stated), (pp32, _) in parity:
         print(
-            f"{cell:6} {config.layers} x {config.hidden:<4} | {ol:11.1e} {op:9.1e} | {tl:9.1e} {tp:9.1e} | {pp:9.1e} {stated:11.1e}"
+            f"{cell:6} {config.layers} x {config.hidden:<4} | {ol:11.1e} {op:9.1e} | {tl:9.1e} {tp:9.1e} | {pp:11.1e} {stated:9.1e} | {pp32:11.1e}"
         )
 
-    print("\nSizes (checkpoint best.pt holds the weights in float32, and no optimizer here only for the 3 x 512)")
     print(
-        f"{'model':16} | {'best.pt':>9} | {'ONNX':>9} | {'TorchScript':>11} | {'HTML page':>9} | export seconds (onnx, ts, html)"
+        "\nSizes (best.pt: the checkpoint, with optimizer state for a trained run; the 3 x 512 has random weights and none)"
     )
-    for name, run in (("lstm 1 x 384", runs["lstm"]), ("lstm 3 x 512", big)):
-        key = "lstm" if run == runs["lstm"] else "lstm-3x512"
+    print(
+        f"{'model':14} | {'best.pt':>9} | {'ONNX':>9} | {'TorchScript':>11} | {'page f16':>9} | {'page f32':>9} | export seconds ({', '.join(FORMATS)})"
+    )
+    for name, key, run in (("lstm 1 x 384", "lstm", runs["lstm"]), ("lstm 3 x 512", "lstm-3x512", big)):
         made = files[key]
         best = run / "best.pt" if run.is_dir() else run
-        seconds = ", ".join(f"{made[f][1]:.1f}" for f in ("onnx", "torchscript", "html"))
+        seconds = ", ".join(f"{made[f][1]:.1f}" for f in FORMATS)
         print(
-            f"{name:16} | {size(best):>9} | {size(made['onnx'][0]):>9} | {size(made['torchscript'][0]):>11} | {size(made['html'][0]):>9} | {seconds}"
+            f"{name:14} | {size(best):>9} | {size(made['onnx'][0]):>9} | {size(made['torchscript'][0]):>11} | {size(made['html16'][0]):>9} | {size(made['html32'][0]):>9} | {seconds}"
         )
 
     print(

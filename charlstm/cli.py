@@ -137,6 +137,14 @@ def export(
             show_default=False,
         ),
     ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="html: the page's weights. auto (float16 where its measured error in next-character probability "
+            "is within 1e-3 of float32, else float32), float16 (half the size) or float32 (exact). (default: auto)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export a trained model to run without charlstm: ONNX, TorchScript, or a web page."""
     from .export import export as export_model
@@ -144,7 +152,7 @@ def export(
     try:
         if path is None:
             path = rundir.find_latest_run()
-        exported = export_model(path, fmt.lower(), out_file)
+        exported = export_model(path, fmt.lower(), out_file, precision)
     except CharlstmError as exc:
         _fail(exc)
         return

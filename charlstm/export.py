@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -44,6 +45,8 @@ PARITY_STEPS = 200  # steps of a prime and a sample each export is checked over
 PARITY_LIMIT = 1e-3  # max |Δlogit| beyond which an export is refused (float32 rounding gives ~1e-6)
 PAGE_PROBE_CHARS = 300  # the page's stated float16 error is measured over this many sampled characters
 FLOAT16_MAX = 65504.0
+PRECISIONS = ("auto", "float16", "float32")  # the page's weights; auto: float16 where it is within PAGE_TOLERANCE
+PAGE_TOLERANCE = 1e-3  # max |Δp| against float32 that auto accepts from float16
 
 
 @dataclass
@@ -115,11 +118,10 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def check_probe(loaded: LoadedModel, seed: int = 0) -> list[int]:
-    """The ids an export is checked over: a prime from the vocabulary, then the model's own sample, in all
-    PARITY_STEPS ids (the end-of-record marker first on a record-trained model, as sampling feeds it)."""
+    """The ids an export is checked over: a prime of the vocabulary's characters, then the model's own sample,
+    PARITY_STEPS ids in all (the end-of-record marker first on a record-trained model, as sampling feeds it)."""
     vocab = loaded.vocab
-    printable = [c for c in vocab.chars if c]
-    prime = "".join(printable[(7 * i) % len(printable)] for i in range(20)) if printable else ""
+    prime = "".join(c for c in vocab.chars if c)[: PARITY_STEPS // 2]  # every character (of the first 100) read once
     text = sample_text(loaded, SampleConfig(prime=prime, length=PARITY_STEPS, temperature=1.0, seed=seed))[0]
     eor = vocab.end_of_record
     ids = ([eor] if eor is not None else []) + vocab.encode(text).tolist()
@@ -151,10 +153,16 @@ def _target(loaded: LoadedModel, fmt: str, out: Path | None) -> Path:
     return loaded.path.parent / f"{name or 'model'}{SUFFIXES[fmt]}"
 
 
-def export(path: Path, fmt: str, out: Path | None = None) -> Exported:
-    """Export the checkpoint at `path` (a run directory's best.pt, or a .pt file) in format `fmt`."""
+def export(path: Path, fmt: str, out: Path | None = None, precision: str | None = None) -> Exported:
+    """Export the checkpoint at `path` (a run directory's best.pt, or a .pt file) in format `fmt`; `precision`
+    (html only): the page's weights, one of PRECISIONS (default auto)."""
     if fmt not in FORMATS:
         raise CharlstmError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if precision is not None and fmt != "html":
+        raise CharlstmError("--precision applies to --format html only (ONNX and TorchScript keep float32)")
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if fmt == "onnx":
         missing_extra()
     loaded = load_model(Path(path), "cpu")  # the safe loader: a bad checkpoint stops here, nothing written
@@ -165,9 +173,12 @@ def export(path: Path, fmt: str, out: Path | None = None) -> Exported:
             f"{', '.join(PAGE_CELLS)} (use --format onnx or torchscript)"
         )
     target = _target(loaded, fmt, out)
-    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "html": export_html}
     with torch.inference_mode(False), torch.no_grad():
-        return writers[fmt](loaded, target)
+        if fmt == "onnx":
+            return export_onnx(loaded, target)
+        if fmt == "torchscript":
+            return export_torchscript(loaded, target)
+        return export_html(loaded, target, precision)
 
 
 def missing_extra() -> None:
@@ -192,7 +203,10 @@ def _quietly():
 
 
 def _cannot(cell: str, fmt: str, exc: BaseException) -> CharlstmError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    while exc.__cause__ is not None:  # the exporters wrap the reason: the innermost says it
+        exc = exc.__cause__
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    first = next((line for line in lines if line), type(exc).__name__)[:200]
     return CharlstmError(f"a {cell!r} model cannot be exported to {fmt}: its forward does not trace ({first})")
 
 
@@ -438,16 +452,14 @@ def export_torchscript(loaded: LoadedModel, target: Path) -> Exported:
 # ---------------------------------------------------------------------------------------------- html
 
 
-def page_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
-    """The weights the page needs, named as the page reads them, and their precision: float16 unless a
-    weight is beyond float16's range (then float32)."""
+def page_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights the page needs, named as the page reads them."""
     state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
     weights = {"embed": state["embed.weight"], "head.weight": state["head.weight"], "head.bias": state["head.bias"]}
     for layer in range(model.config.layers):
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             weights[f"{kind}_l{layer}"] = state[f"rnn.{kind}_l{layer}"]
-    largest = max(float(t.abs().max()) for t in weights.values())
-    return weights, ("float16" if largest < FLOAT16_MAX else "float32")
+    return weights
 
 
 def rounded_model(model: nn.Module, precision: str) -> nn.Module:
@@ -476,10 +488,26 @@ def _b64(tensor: torch.Tensor, precision: str) -> str:
     return base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii")
 
 
-def page_html(loaded: LoadedModel) -> tuple[str, str, float]:
-    """The page's HTML, the weights' precision, and the measured error that precision costs."""
-    weights, precision = page_weights(loaded.model)
-    error = page_error(loaded, precision)
+def page_precision(loaded: LoadedModel, weights: dict[str, torch.Tensor], asked: str) -> tuple[str, float, str]:
+    """(precision, its measured error, why): float16 where asked, or with auto where it is in range and within
+    PAGE_TOLERANCE of float32; else float32 (exact)."""
+    if asked == "float32":
+        return "float32", 0.0, "as asked"
+    largest = max(float(t.abs().max()) for t in weights.values())
+    if largest >= FLOAT16_MAX:
+        if asked == "float16":
+            raise CharlstmError(f"--precision float16: a weight of {largest:.3g} is beyond float16's range")
+        return "float32", 0.0, f"a weight of {largest:.3g} is beyond float16's range"
+    error = page_error(loaded, "float16")
+    if asked == "auto" and error > PAGE_TOLERANCE:
+        return "float32", 0.0, f"float16 would cost {error:.1e} > {PAGE_TOLERANCE:g} (--precision float16 to take it)"
+    return "float16", error, "as asked" if asked == "float16" else f"within {PAGE_TOLERANCE:g} of float32"
+
+
+def page_html(loaded: LoadedModel, asked: str = "auto") -> tuple[str, str, float, str]:
+    """The page's HTML, the weights' precision, the measured error it costs, and why it was chosen."""
+    weights = page_weights(loaded.model)
+    precision, error, why = page_precision(loaded, weights, asked)
     info = describe(loaded)
     starts = start_state_tensor(loaded)  # (K, S, L, H)
     model_data = {
@@ -494,20 +522,25 @@ def page_html(loaded: LoadedModel) -> tuple[str, str, float]:
     payload = json.dumps(model_data, ensure_ascii=True).replace("</", "<\\/")  # safe inside <script>
     title = f"charlstm · {loaded.path.parent.name or 'model'}"
     html = template.replace("/*CHARLSTM_MODEL*/null", payload).replace("CHARLSTM_TITLE", _escape(title))
-    return html, precision, error
+    return html, precision, error, why
 
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def export_html(loaded: LoadedModel, target: Path) -> Exported:
-    html, precision, error = page_html(loaded)
+def export_html(loaded: LoadedModel, target: Path, precision: str = "auto") -> Exported:
+    html, precision, error, why = page_html(loaded, precision)
     _write(target, html.encode("utf-8"))
+    stated = (
+        f"max |Δp| {error:.1e} against float32 over {PAGE_PROBE_CHARS} sampled characters"
+        if precision == "float16"
+        else "exact"
+    )
     return Exported(
         files=[target],
         notes=[
             f"{target} ({_size(target)}): one self-contained page; open it in a browser (file:// works)",
-            f"weights in {precision}: max |Δp| {error:.1e} against float32 over {PAGE_PROBE_CHARS} sampled characters",
+            f"weights in {precision} ({why}): {stated}",
         ],
     )

@@ -255,7 +255,8 @@ def charlstm_distribution(run: Path, prime: str) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "records"])
 def test_the_page_writes_in_the_browser_with_charlstms_probabilities(runs, browser, cell):
-    result = invoke("export", runs[cell], "--format", "html")
+    precision = ["--precision", "float32"] if cell == "rnn" else []  # the page's other weight decoder
+    result = invoke("export", runs[cell], "--format", "html", *precision)
     assert_ok(result)
     page = runs[cell] / f"{cell}.html"
     html = page.read_text(encoding="utf-8")
@@ -297,11 +298,21 @@ def test_the_page_refuses_a_cell_its_step_does_not_cover(runs, monkeypatch, tmp_
     assert not (tmp_path / "x.html").exists()
 
 
-def test_the_page_states_its_float16_error(runs):
+def test_the_page_takes_float16_where_it_is_within_the_tolerance_and_states_its_error(runs, tmp_path, monkeypatch):
     loaded = load_model(runs["lstm"])
-    html, precision, error = export_module.page_html(loaded)
+    html, precision, error, _ = export_module.page_html(loaded)  # auto
     assert precision == "float16" and 0 < error < PAGE_TOLERANCE
-    assert f'"error": {json.dumps(error)}' in html
+    assert f'"error": {json.dumps(error)}' in html and '"precision": "float16"' in html
+    html32, precision, error, _ = export_module.page_html(loaded, "float32")
+    assert precision == "float32" and error == 0 and len(html32) > 1.5 * len(html)
+    monkeypatch.setattr(export_module, "PAGE_TOLERANCE", 1e-9)  # float16 now costs more than auto accepts
+    result = invoke("export", runs["lstm"], "--format", "html", "--out", tmp_path / "p.html")
+    assert_ok(result)
+    assert "weights in float32 (float16 would cost" in result.output
+    assert '"precision": "float32"' in (tmp_path / "p.html").read_text(encoding="utf-8")
+    result = invoke("export", runs["lstm"], "--format", "html", "--precision", "float16", "--out", tmp_path / "q.html")
+    assert_ok(result)
+    assert "weights in float16 (as asked): max |Δp|" in result.output
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -321,6 +332,8 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(runs, tmp_path, 
 
 def test_bad_flags_and_paths_are_one_line(runs, tmp_path, monkeypatch):
     assert_one_error(invoke("export", runs["lstm"], "--format", "tflite"), "--format must be one of onnx")
+    assert_one_error(invoke("export", runs["lstm"], "--format", "html", "--precision", "int4"), "--precision must be")
+    assert_one_error(invoke("export", runs["lstm"], "--format", "onnx", "--precision", "float16"), "html only")
     assert_one_error(invoke("export", tmp_path / "nothing", "--format", "html"), "nothing")
     assert_one_error(invoke("export", runs["lstm"], "--format", "html", "--out", tmp_path), "is a directory")
     blocked = tmp_path / "file"
