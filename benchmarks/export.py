@@ -181,6 +181,31 @@ def speeds(driver, page: Path, torchscript: Path, onnx: Path, run: Path, length:
     return rows
 
 
+def record_endings(driver, run: Path, out: Path, samples: int, cap: int) -> list[tuple[str, int, float]]:
+    """A record-trained model: of `samples` samples capped at `cap` characters, how many end at the model's
+    end-of-record marker, and their median length, in charlstm, TorchScript's generate and the page."""
+    loaded = load_model(run)
+    texts = sample_text(loaded, SampleConfig(length=cap, temperature=1.0, seed=1, num_samples=samples))
+    rows = [("charlstm sample", *_endings([len(t) for t in texts], cap))]
+    torchscript, _ = export(run, "torchscript", out / "records")
+    module = torch.jit.load(str(torchscript))
+    rows.append(
+        ("TorchScript generate", *_endings([len(module.generate("", cap, 1.0, i)) for i in range(samples)], cap))
+    )
+    page, _ = export(run, "html16", out / "records")
+    open_page(driver, page)
+    lengths = [
+        len(driver.execute_script("return window.charlstm.generate('', arguments[0], 1.0, arguments[1])", cap, i))
+        for i in range(samples)
+    ]
+    rows.append(("page in Chromium", *_endings(lengths, cap)))
+    return rows
+
+
+def _endings(lengths: list[int], cap: int) -> tuple[int, float]:
+    return sum(n < cap for n in lengths), float(np.median(lengths))
+
+
 def train_run(cell: str, seconds: float, out: Path) -> Path:
     if not SHAKESPEARE.exists():
         raise SystemExit(f"give --{cell} RUN, or put tinyshakespeare.txt at {SHAKESPEARE}")
@@ -192,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for cell in CELLS:
         parser.add_argument(f"--{cell}", type=Path, help=f"a trained {cell} run (default 1 x 384); else trained here")
+    parser.add_argument("--records", type=Path, help="a record-trained run (e.g. tweets): where its samples end")
     parser.add_argument("--train-seconds", type=float, default=60.0, help="for each run not given")
     parser.add_argument("--length", type=int, default=2000, help="characters per speed measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "export")
@@ -232,6 +258,7 @@ def main() -> None:
                 )
         lstm = {fmt: path for fmt, (path, _) in files["lstm"].items()}
         rates = speeds(driver, lstm["html16"], lstm["torchscript"], lstm["onnx"], runs["lstm"], args.length)
+        endings = record_endings(driver, args.records, args.out, 20, 1000) if args.records else []
         chromium = driver.capabilities.get("browserVersion")
     finally:
         driver.quit()
@@ -266,6 +293,11 @@ def main() -> None:
     )
     for name, rate in rates:
         print(f"{name:48} {rate:10,.0f} chars/s")
+
+    if endings:
+        print(f"\nRecords ({args.records}): 20 samples, at most 1,000 characters each, temperature 1")
+        for name, ended, median in endings:
+            print(f"{name:24} ended at the marker: {ended:2}/20   median length {median:6.0f}")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="onnx (a single-step graph, for onnxruntime; needs pip install 'charlstm[export]'), torchscript "
+            help="onnx (a single-step graph, for onnxruntime; needs pip install 'charlstm\\[export]'), torchscript "
             "(the step and a generate method, for torch.jit.load without charlstm) or html (one self-contained "
             "page that writes in the browser; lstm, gru and rnn).",
             show_default=False,
