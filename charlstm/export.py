@@ -148,6 +148,10 @@ def _target(loaded: LoadedModel, fmt: str, out: Path | None) -> Path:
             raise CharlstmError(
                 f"--out {out} is a directory; give a file name (e.g. {out / ('model' + SUFFIXES[fmt])})"
             )
+        if fmt == "onnx" and out.suffix == ".json":
+            raise CharlstmError(
+                f"--out {out}: the ONNX file's vocabulary and config go to a .json beside it; name it .onnx"
+            )
         return out
     name = loaded.path.parent.name if loaded.path.name in (rundir.BEST, rundir.LATEST) else loaded.path.stem
     return loaded.path.parent / f"{name or 'model'}{SUFFIXES[fmt]}"

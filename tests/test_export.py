@@ -336,6 +336,7 @@ def test_bad_flags_and_paths_are_one_line(runs, tmp_path, monkeypatch):
     assert_one_error(invoke("export", runs["lstm"], "--format", "onnx", "--precision", "float16"), "html only")
     assert_one_error(invoke("export", tmp_path / "nothing", "--format", "html"), "nothing")
     assert_one_error(invoke("export", runs["lstm"], "--format", "html", "--out", tmp_path), "is a directory")
+    assert_one_error(invoke("export", runs["lstm"], "--format", "onnx", "--out", tmp_path / "m.json"), "name it .onnx")
     blocked = tmp_path / "file"
     blocked.write_text("x")
     assert_one_error(invoke("export", runs["lstm"], "--format", "html", "--out", blocked / "x.html"), "could not save")
