@@ -122,6 +122,13 @@ CASES = [
     "sample run --top-k 1000 --length 30 --seed 1",
     "sample run --length 0",
     "sample run --temp 1e-300 --length 30 --seed 1",
+    # export
+    "export run --format tflite",
+    "export run --format html --precision int4",
+    "export run --format onnx --precision float16",
+    "export corrupt.pt --format onnx",
+    "export evil.pt --format html",
+    "export run --format html --out emptydir",
     # runs, paths, checkpoints
     "sample",
     "sample nowhere",
