@@ -302,6 +302,7 @@ def test_the_page_refuses_a_cell_its_step_does_not_cover(runs, monkeypatch, tmp_
     assert not (tmp_path / "x.html").exists()
 
 
+@pytest.mark.slow
 def test_the_page_takes_float16_where_it_is_within_the_tolerance_and_states_its_error(runs, tmp_path, monkeypatch):
     loaded = load_model(runs["lstm"])
     html, precision, error, _ = export_module.page_html(loaded)  # auto
