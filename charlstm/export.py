@@ -522,7 +522,7 @@ def page_html(loaded: LoadedModel, asked: str = "auto") -> tuple[str, str, float
         "weights": {name: {"shape": list(t.shape), "data": _b64(t, precision)} for name, t in weights.items()},
         "start_states": {"shape": list(starts.shape), "data": _b64(starts, precision)},
     }
-    template = resources.files("charlstm").joinpath("export_page.html").read_text(encoding="utf-8")
+    template = resources.files("charlstm").joinpath("pages/export.html").read_text(encoding="utf-8")
     payload = json.dumps(model_data, ensure_ascii=True).replace("</", "<\\/")  # safe inside <script>
     title = f"charlstm · {loaded.path.parent.name or 'model'}"
     html = template.replace("/*CHARLSTM_MODEL*/null", payload).replace("CHARLSTM_TITLE", _escape(title))
