@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__, render, rundir
 from .config import (
@@ -57,7 +58,7 @@ def _fail(error: CharlstmError) -> None:
     message = str(error)
     if isinstance(error, InvalidValue):
         message = f"{FLAGS.get(error.name, '--' + error.name.replace('_', '-'))} {error.problem}"
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # e.g. 'charlstm[export]' kept
     raise typer.Exit(1)
 
 
@@ -101,6 +102,62 @@ def _looks_like_run(arg: str) -> bool:
         return True
     path = Path(arg)
     return not arg.startswith("-") and path.is_dir() and not (path / ".git").exists() and rundir.is_run_dir(path)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx (a single-step graph, for onnxruntime; needs pip install 'charlstm\\[export]'), torchscript "
+            "(the step and a generate method, for torch.jit.load without charlstm) or html (one self-contained "
+            "page that writes in the browser; lstm, gru and rnn).",
+            show_default=False,
+        ),
+    ],
+    path: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Run directory (its best.pt) or .pt file. (default: the most recently trained run under checkpoints/)",
+            show_default=False,
+        ),
+    ] = None,
+    out_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write it. (default: beside the checkpoint, named after the run: RUN/RUN.onnx, "
+            ".torchscript or .html; ONNX's vocabulary and config also go to the same name with .json)",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="html: the page's weights. auto (float16 where its measured error in next-character probability "
+            "is within 1e-3 of float32, else float32), float16 (half the size) or float32 (exact). (default: auto)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Export a trained model to run without charlstm: ONNX, TorchScript, or a web page."""
+    from .export import export as export_model
+
+    try:
+        if path is None:
+            path = rundir.find_latest_run()
+        exported = export_model(path, fmt.lower(), out_file, precision)
+    except CharlstmError as exc:
+        _fail(exc)
+        return
+    for note in exported.notes:
+        out.print(note, markup=False, soft_wrap=True)
 
 
 @app.command(cls=_TrainCommand)

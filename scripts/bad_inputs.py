@@ -109,6 +109,13 @@ CASES = [
     "train good.txt --device tpu",
     "train good.txt --device cuda",
     "train good.txt --precision fp8",
+    # export
+    "export run --format tflite",
+    "export run --format html --precision int4",
+    "export run --format onnx --precision float16",
+    "export corrupt.pt --format onnx",
+    "export evil.pt --format html",
+    "export run --format html --out emptydir",
     # sample flags
     "sample run --temp -1",
     "sample run --temp nan",
