@@ -462,6 +462,15 @@ def probe(
     lr: Annotated[float, typer.Option(help="Adam's peak learning rate (cosine decay).")] = 1e-2,
     seeds: Annotated[int, typer.Option(help="Independent runs (seeds --seed, --seed + 1, ...).")] = 1,
     seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
+    page: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Also write the inspector's page of the first seed's model, opening on the unit that carries "
+            "the task (not for copy).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Train small models on a synthetic task and report exact-match accuracy per length, inside the training
@@ -482,11 +491,13 @@ def probe(
             seeds=seeds,
             seed=seed,
         )
-        result = run_probe(config, on_seed=lambda i: err.print(f"seed {i + 1}/{config.seeds} done"))
+        result = run_probe(config, on_seed=lambda i: err.print(f"seed {i + 1}/{config.seeds} done"), page=page)
     except CharlstmError as exc:
         _fail(exc)
         return
     out.print(result.to_json() if as_json else result.render(), markup=False, soft_wrap=True)
+    if result.page is not None and not as_json:
+        out.print(f"page: {result.page}", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -27,9 +27,11 @@ from .atomic import atomic_write
 from .config import SampleConfig
 from .errors import CharlstmError
 from .features import Match, feature_values, rank_units
+from .model import CharRNN
 from .sample import LoadedModel, load_model, pick_seed, sample_text
 from .textio import read_text_chunks
 from .trace import Trace, trace
+from .vocab import Vocab
 
 MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays under 10 MB
 LARGE_PAGE_BYTES = 10_000_000  # a page larger than this gets a note suggesting a --max-chars that fits
@@ -125,7 +127,28 @@ def inspect_run(
     run_dir = run if run.is_dir() else loaded.path.parent
     page = Path(out) if out is not None else run_dir / "inspect.html"
     inspection = Inspection(page, text, min(primed, len(text)), total, loaded, result, findings, seed)
-    document = build_page(inspection, rundir.read_metrics(run_dir) if rundir.is_run_dir(run_dir) else [])
+    write_page(inspection, rundir.read_metrics(run_dir) if rundir.is_run_dir(run_dir) else [])
+    return inspection
+
+
+def inspect_model(
+    model: CharRNN, vocab: Vocab, text: str, out: Path, targets: dict[str, np.ndarray], name: str
+) -> Inspection:
+    """The page of a model that is not a run (a probe's, trained in memory): `text` read from zeros, units ranked
+    against each of `targets` (a value per character), the page opening on the best unit of the first."""
+    with torch.inference_mode():
+        result = trace(model, vocab.encode(text))
+    findings = {feature: rank_units(result.layers, values, feature) for feature, values in targets.items()}
+    loaded = LoadedModel(model=model, vocab=vocab, path=Path(name), payload={})
+    inspection = Inspection(Path(out), text, 0, len(text), loaded, result, findings)
+    write_page(inspection, [])
+    return inspection
+
+
+def write_page(inspection: Inspection, metrics: list[dict[str, Any]]) -> None:
+    """Write the page atomically, readable by all; a note where it came out larger than LARGE_PAGE_BYTES."""
+    page, text = inspection.page, inspection.text
+    document = build_page(inspection, metrics)
     try:
         page.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(page, lambda handle: handle.write(document.encode("utf-8")))
@@ -138,7 +161,6 @@ def inspect_run(
         inspection.notes.append(
             f"the page is {size / 1e6:.0f} MB and may open slowly; --max-chars {fitting} would keep it near 10 MB"
         )
-    return inspection
 
 
 def _start_state(loaded: LoadedModel):

@@ -20,13 +20,17 @@ import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import CELLS, InvalidValue, ModelConfig
 from .errors import CharlstmError
+from .inspector import inspect_model
 from .model import CharRNN
+from .vocab import Vocab
 
 TASKS = ("count", "count-distract", "memory", "copy")
 
@@ -237,10 +241,28 @@ def carrier_units(model: CharRNN, config: ProbeConfig, seed: int, top: int = 3) 
     return ranked[:top]
 
 
+def write_probe_page(model: CharRNN, config: ProbeConfig, seed: int, out: Path) -> Path:
+    """The inspector's page of a probe model reading one in-range sequence of each length, one after another,
+    opening on the unit that best follows the task's hidden variable (the count still to emit, or the
+    remembered letter), as Edwin Chen's pictures show a counting neuron."""
+    rng = random.Random(seed + 30_000)
+    text, targets = "", []
+    for length in range(1, config.train_max + 1):
+        e = make_example(config.task, length, rng)
+        body = e.prompt + e.answer[:-1]
+        text += "\n" + body
+        targets += [0.0] + (remaining_count(e) if config.task != "memory" else [float(e.letter)] * len(body))
+    feature = "remembered letter" if config.task == "memory" else "count still to emit"
+    name = f"probe {config.task}, {config.cell} {config.layers} x {config.hidden}, seed {seed}"
+    inspect_model(model, Vocab(list(VOCABULARY)), text, out, {feature: np.asarray(targets)}, name)
+    return out
+
+
 @dataclass
 class ProbeResult:
     config: ProbeConfig
     per_seed: list[dict] = field(default_factory=list)  # seed, accuracy {length: acc}, in_range, first_fail, units
+    page: Path | None = None  # the inspector's page of the first seed's model (--out)
 
     @property
     def target(self) -> str:
@@ -258,6 +280,7 @@ class ProbeResult:
             "first_fail": _spread([f for f in fails if f is not None]) if any(f is not None for f in fails) else None,
             "first_fail_each": fails,
             "seeds": self.per_seed,
+            "page": None if self.page is None else str(self.page),
         }
 
     def to_json(self) -> str:
@@ -289,9 +312,12 @@ def _spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
-def run_probe(config: ProbeConfig, on_seed=None) -> ProbeResult:
-    """Train and evaluate `config.seeds` models; `on_seed(index)` after each one (a progress bar)."""
+def run_probe(config: ProbeConfig, on_seed=None, page: Path | None = None) -> ProbeResult:
+    """Train and evaluate `config.seeds` models; `on_seed(index)` after each one (a progress bar); with `page`,
+    write the inspector's page of the first seed's model there (not for copy, which has no hidden count)."""
     config = config.resolved()
+    if page is not None and config.task == "copy":
+        raise CharlstmError("--out: the copy task has no count or letter to follow; a page is for the other tasks")
     result = ProbeResult(config)
     for index in range(config.seeds):
         seed = config.seed + index
@@ -308,6 +334,8 @@ def run_probe(config: ProbeConfig, on_seed=None) -> ProbeResult:
                 "units": carrier_units(model, config, seed),
             }
         )
+        if page is not None and index == 0:
+            result.page = write_probe_page(model, config, seed, Path(page))
         if on_seed is not None:
             on_seed(index)
     return result

@@ -65,3 +65,37 @@ def test_probe_command_json_and_table():
 )
 def test_bad_probe_flags_are_one_line_errors(args, fragments):
     assert_one_error(invoke("probe", *args), *fragments)
+
+
+@pytest.mark.slow  # a real browser
+def test_probe_page_opens_on_the_unit_that_follows_the_count(tmp_path, browser):
+    """`probe --out`: the inspector's page of the probe model, in Chromium, opens on the best unit it names,
+    with the custom cell's own quantities (pseudo2's state and read gate) in the picker."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from .browser import console_errors, open_page
+
+    page = tmp_path / "count.html"
+    result = invoke("probe", "count", "--steps", "30", "--cell", "pseudo2", "--eval-max", "11", "--out", str(page))
+    assert_ok(result)
+    assert f"page: {page}" in result.stdout
+    open_page(browser, page)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return !!document.body.dataset.ready"))
+    assert console_errors(browser) == []
+    text = "".join(s.text for s in browser.find_elements(By.CSS_SELECTOR, "#text span"))
+    assert "aaaXbbb" in text.replace("↵", "").replace("\n", "")
+    best = browser.find_element(By.CSS_SELECTOR, "#findings button").text  # e.g. "L1 state #3 r=-0.97"
+    assert browser.find_element(By.ID, "unit").get_attribute("value") == best.split("#")[1].split()[0]
+    quantities = [o.text for o in Select(browser.find_element(By.ID, "quantity")).options]
+    assert {"state", "read gate"} <= set(quantities)
+    assert "count still to emit" in browser.find_element(By.ID, "findings").text
+
+
+def test_probe_page_json_and_the_copy_task_refused(tmp_path):
+    page = tmp_path / "memory.html"
+    result = invoke("probe", "memory", "--steps", "10", "--eval-max", "11", "--out", str(page), "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["page"] == str(page) and page.stat().st_size > 0
+    assert_one_error(invoke("probe", "copy", "--steps", "5", "--out", str(tmp_path / "c.html")), "--out", "copy")
+    assert not (tmp_path / "c.html").exists()
