@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,13 @@ def save_chart(curves: list[Curve], path: Path, title: str = "") -> None:
                 color = "C0" if which == "train" else "C1"
             style = "--" if which == "train" and len(curves) > 1 else "-"
             axes.plot([x / divisor for x in xs], ys, style, color=color, label=label, linewidth=1.5)
+        for index, curve in enumerate(curves):  # the final evaluation (the whole split, or a larger slice)
+            finals = [(r["chars_seen"], r["final_val_loss"]) for r in curve.rows if _finite(r.get("final_val_loss"))]
+            if finals and _finite(finals[-1][0]):
+                x, y = finals[-1]
+                label = "final evaluation" if len(curves) == 1 else f"{curve.label} final"
+                color = "C1" if len(curves) == 1 else f"C{index}"
+                axes.plot([x / divisor], [y], "o", color=color, markersize=5, label=label)
         axes.set_xlabel(f"characters seen{f' ({unit})' if unit else ''}")
         axes.set_ylabel("loss (nats/char)")
         if title:
@@ -130,3 +138,6 @@ def save_chart(curves: list[Curve], path: Path, title: str = "") -> None:
         metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(suffix, {})
         figure.savefig(buffer, format=suffix, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # an image for anyone to open, as any new file (the temporary file was 0600)
