@@ -101,7 +101,7 @@ class Trainer:
             raise CharlstmError(
                 "--sample-prime has characters the corpus does not have: " + " ".join(repr(c) for c in unknown[:20])
             )
-        self.start_states: list[torch.Tensor] | None = None  # the last saved record start states, for samples
+        self.start_states: tuple[int, list[torch.Tensor]] | None = None  # (step, states) of the last save, for samples
         self.sampled_at = -1  # the step of the last sample shown while training
         configure_backends(self.device)
         self.amp = autocast_dtype(train_config.precision, self.device)
@@ -202,10 +202,11 @@ class Trainer:
             return None
         # 128 characters of context: on trained models, the first-character distribution from these states
         # matched that of 1,024-character contexts (benchmarks/record_starts.py runs), at an eighth of the cost
-        self.start_states = record_start_states(
+        states = record_start_states(
             self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed
         )
-        return self.start_states
+        self.start_states = (self.progress.step, states)  # a sample at this step starts from them too
+        return states
 
     def _all_rows_hidden(self) -> list[torch.Tensor]:
         """The carried state of all B stream rows, gathered from every rank, as CPU tensors."""
@@ -376,7 +377,7 @@ class Trainer:
                 model = CharRNN(self.model_config)
             model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             model.eval()
-            payload = {"start_states": self.start_states} if self.start_states is not None else {}
+            payload = {"start_states": self._sample_start_states(model)} if self.data.record_lengths is not None else {}
             loaded = LoadedModel(model=model, vocab=self.vocab, path=self.run_dir, payload=payload)
             config = SampleConfig(length=c.sample_length, temperature=c.sample_temp, prime=c.sample_prime, seed=c.seed)
             text = sample_text(loaded, config)[0]
@@ -391,6 +392,16 @@ class Trainer:
         }
         rundir.append_sample(self.run_dir, row)
         self.emit("sample", {"row": row})
+
+    def _sample_start_states(self, model: CharRNN) -> list[torch.Tensor] | None:
+        """A record-trained model's start states at this step: those the save at this step computed, else
+        computed now on the sample's CPU copy (from the step's weights alone, so a resumed run samples alike)."""
+        eor = self.vocab.end_of_record
+        if self.start_states is not None and self.start_states[0] == self.progress.step:
+            return self.start_states[1]
+        if eor is None:
+            return None
+        return record_start_states(model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed)
 
     # -------------------------------------------------------------------------------------- loop
 

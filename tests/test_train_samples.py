@@ -99,20 +99,22 @@ def test_resume_drops_samples_made_after_its_checkpoint(tmp_path, corpus):
     assert [r["step"] for r in rundir.read_samples(run)] == [5, 10, 15]
 
 
-def test_a_record_trained_run_samples_one_record(tmp_path):
+@pytest.mark.slow
+def test_a_record_trained_run_samples_records_and_resumes_alike(tmp_path):
+    """Each sample is one record, started from the record start states of the step's weights; with
+    --sample-every between saves, a resumed run samples what the straight run sampled."""
     files = tmp_path / "notes"
     files.mkdir()
     for i in range(30):
         write_corpus(files, 120, seed=i, name=f"note{i}.txt")
-    train(
-        helpers.load_sources(files),
-        tiny_model(),
-        tiny_train(max_steps=10, sample_length=300),
-        tmp_path / "run",
-    )
-    rows = rundir.read_samples(tmp_path / "run")
-    assert [r["step"] for r in rows] == [5, 10]
+    config = tiny_train(max_steps=12, sample_every=3, sample_length=300)
+    train(helpers.load_sources(files), tiny_model(), config, tmp_path / "a")
+    train(helpers.load_sources(files), tiny_model(), config, tmp_path / "b", should_stop=lambda step: step == 7)
+    train(helpers.load_sources(files), tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b")
+    rows = rundir.read_samples(tmp_path / "a")
+    assert [r["step"] for r in rows] == [3, 6, 9, 12]
     assert all(0 < len(r["text"]) <= 300 for r in rows)
+    assert [r["text"] for r in rundir.read_samples(tmp_path / "b")] == [r["text"] for r in rows]
 
 
 def test_the_console_shows_a_sample_above_the_bar_and_quiet_hides_it():
