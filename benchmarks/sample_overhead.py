@@ -46,7 +46,7 @@ def train(corpus: list[str], steps: int, out: Path, extra: list[str]) -> tuple[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=750, help="training steps of each run (validations every 250)")
+    parser.add_argument("--steps", type=int, default=250, help="training steps of each run (a validation every 250)")
     parser.add_argument("--rounds", type=int, default=1, help="pairs of runs (off, on), alternated")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "sample_overhead")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `charlstm train` flags")

@@ -547,7 +547,7 @@ def info(
         typer.Option(
             "--plot",
             help="Also write the loss curves as an image: FILE.svg, .png or .pdf (needs matplotlib: "
-            "pip install 'charlstm[plot]').",
+            "pip install 'charlstm\\[plot]').",
             show_default=False,
         ),
     ] = None,

@@ -171,3 +171,15 @@ def test_cli_train_shows_samples_and_info_replays_them(tmp_path, corpus_file):
     assert [r["text"] for r in data["samples"]] == [r["text"] for r in rows]
     none = invoke("info", tmp_path / "q" / "latest.pt", "--samples", "--no-chart")  # a run's checkpoint: its run
     assert "── sample · step 5" in none.stdout
+
+
+def test_the_new_flags_are_in_help_and_readme():
+    readme = (helpers.ROOT / "README.md").read_text(encoding="utf-8")
+    for command, flags in (
+        ("train", ["--sample-every", "--sample-length", "--sample-temp", "--sample-prime"]),
+        ("info", ["--samples", "--plot", "--no-chart", "--json"]),
+        ("sample", ["--interactive"]),
+    ):
+        shown = invoke(command, "--help", env={"COLUMNS": "200"}).output
+        for flag in flags:
+            assert flag in shown and flag in readme, (command, flag)
