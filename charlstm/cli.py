@@ -589,13 +589,19 @@ def info(
         width = max(40, min(out.width, 100))
         out.print(terminal_chart(curves, width=width, height=20, color=out.is_terminal), markup=False)
         out.print(markup=False)
-    elif chart:
+    elif chart and any(folders):
         out.print("(no validations yet: no loss curve to draw)", markup=False)
+    elif chart:
+        out.print("(a checkpoint file without its run directory: no metrics.jsonl, no loss curve)", markup=False)
     for label, rows, folder in zip(labels, replayed, folders) if samples else ():
         if len(paths) > 1:
             out.print(f"═══ {label} ═══", markup=False)
-        if not rows:
-            out.print(f"No samples in {folder or label} (trained before samples were kept, or with --sample-every 0).")
+        if not rows and folder is None:
+            out.print("No samples: a checkpoint file without its run directory has no samples.jsonl.", markup=False)
+        elif not rows:
+            out.print(
+                f"No samples in {folder} (trained before samples were kept, or with --sample-every 0).", markup=False
+            )
         for row in rows:
             out.print(sample_lines(row) + "\n", markup=False, highlight=False)
 

@@ -111,3 +111,14 @@ def test_plot_errors_are_one_line(runs, tmp_path, monkeypatch):
     assert_one_error(invoke("info", slow, "--plot", tmp_path / "curves.txt"), "must end in .svg, .png or .pdf")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
     assert_one_error(invoke("info", slow, "--plot", tmp_path / "curves.svg"), "pip install 'charlstm[plot]'")
+
+
+def test_info_of_a_checkpoint_file_kept_elsewhere(runs, tmp_path):
+    slow, _ = runs
+    lone = tmp_path / "model.pt"
+    lone.write_bytes((slow / "latest.pt").read_bytes())
+    shown = invoke("info", lone, "--samples")
+    assert_ok(shown)
+    assert "without its run directory: no metrics.jsonl, no loss curve" in shown.stdout
+    assert "No samples: a checkpoint file without its run directory" in shown.stdout
+    assert "loss (nats/char)" in invoke("info", slow / "best.pt").stdout  # a run's own checkpoint: its run's curve
