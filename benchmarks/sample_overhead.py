@@ -47,7 +47,7 @@ def train(corpus: list[str], steps: int, out: Path, extra: list[str]) -> tuple[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=250, help="training steps of each run (a validation every 250)")
-    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs (off, on), alternated")
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs: off-on, on-off, off-on...")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "sample_overhead")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `charlstm train` flags")
     args = parser.parse_args()
@@ -56,8 +56,13 @@ def main() -> None:
 
     off_seconds, on_seconds, sampling_seconds, counts = [], [], [], []
     for round_ in range(args.rounds):
-        off, _ = train(corpus, args.steps, args.out / f"off{round_}", ["--sample-every", "0", *args.extra])
-        on, samples = train(corpus, args.steps, args.out / f"on{round_}", args.extra)
+        # off-on, then on-off: a machine whose load drifts one way favours neither over two rounds
+        order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+        for which in order:
+            if which == "off":
+                off, _ = train(corpus, args.steps, args.out / f"off{round_}", ["--sample-every", "0", *args.extra])
+            else:
+                on, samples = train(corpus, args.steps, args.out / f"on{round_}", args.extra)
         off_seconds.append(off["elapsed_seconds"])
         on_seconds.append(on["elapsed_seconds"])
         sampling_seconds.append(sum(row.get("seconds", 0.0) for row in samples))
