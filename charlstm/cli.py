@@ -20,6 +20,7 @@ from rich.markup import escape
 from . import __version__, render, rundir
 from .config import (
     DEFAULT_MAX_TIME,
+    INTERACTIVE_LENGTH,
     CorpusConfig,
     InvalidValue,
     ModelConfig,
@@ -58,7 +59,7 @@ def _fail(error: CharlstmError) -> None:
     message = str(error)
     if isinstance(error, InvalidValue):
         message = f"{FLAGS.get(error.name, '--' + error.name.replace('_', '-'))} {error.problem}"
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # e.g. 'charlstm[export]' kept
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # e.g. 'charlstm[plot]' is no tag
     raise typer.Exit(1)
 
 
@@ -314,6 +315,32 @@ def train(
             show_default=False,
         ),
     ] = None,
+    sample_every: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Show a short sample (and append it to samples.jsonl) every N steps; 0 = never. "
+            "(default: after each validation)",
+            show_default=False,
+        ),
+    ] = None,
+    sample_length: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Characters of each sample shown while training (a record-trained run's sample is one record, "
+            "at most this long)." + _default(_T.sample_length),
+            show_default=False,
+        ),
+    ] = None,
+    sample_temp: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Temperature of the samples shown while training." + _default(_T.sample_temp), show_default=False
+        ),
+    ] = None,
+    sample_prime: Annotated[
+        Optional[str],
+        typer.Option(help="Text each sample shown while training starts with. (default: none)", show_default=False),
+    ] = None,
     save_every: Annotated[
         Optional[str],
         typer.Option(
@@ -361,7 +388,9 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start a new run in a directory that already holds one, replacing it.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar, validation lines or samples (notes only).")
+    ] = False,
 ) -> None:
     """Train a model on CORPUS; checkpoints go to checkpoints/<corpus name>/ (see --out).
 
@@ -586,15 +615,16 @@ def sample(
         ),
     ] = str(_S.temperature),
     length: Annotated[
-        int,
+        Optional[int],
         typer.Option(
             "--length",
             "--max-length",
             "-n",
-            help="Characters to generate per sample at most (a model "
-            "trained on records ends each record itself, usually sooner).",
+            help="Characters to generate per sample at most (a model trained on records ends each record itself, "
+            f"usually sooner). (default: {_S.length}; with --interactive, {INTERACTIVE_LENGTH} per continuation)",
+            show_default=False,
         ),
-    ] = _S.length,
+    ] = None,
     prime: Annotated[
         str,
         typer.Option(
@@ -640,6 +670,16 @@ def sample(
             "40-character n-grams found verbatim in the run's training split, and the longest copied span.",
         ),
     ] = False,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive",
+            "-i",
+            help="Talk to the model: what you type is fed to it and it continues it, keeping the state across "
+            "turns; /top N shows the likeliest next characters to pick from, /temp, /length, /seed, /reset, "
+            "/help; Ctrl-D leaves.",
+        ),
+    ] = False,
 ) -> None:
     """Generate text from a trained model; it streams to the terminal as it is written."""
     from .device import pick_device
@@ -647,6 +687,8 @@ def sample(
 
     try:
         temperatures = parse_temperatures(temp)
+        if length is None:
+            length = INTERACTIVE_LENGTH if interactive else _S.length
         config = SampleConfig(
             length=length,
             temperature=temperatures[0],
@@ -666,6 +708,13 @@ def sample(
         err.print(
             render.sampling_header(loaded.path, loaded.payload.get("progress") or {}), markup=False, soft_wrap=True
         )
+        if interactive:
+            from .interactive import run_session
+
+            if len(temperatures) > 1 or num_samples > 1 or out_file is not None or out_format != "text" or novelty:
+                raise CharlstmError("--interactive takes one --temp, one sample, no --out, --format or --novelty")
+            run_session(loaded, config)
+            return
         config.seed = pick_seed(config.seed)  # one seed for every temperature: they differ by temperature alone
         if out_file is None and out_format == "text" and len(temperatures) == 1 and num_samples == 1:
             streamed = []
@@ -835,29 +884,82 @@ def _report_novelty(loaded, texts: list[str]) -> None:
 
 @app.command()
 def info(
-    path: Annotated[
-        Optional[Path],
+    paths: Annotated[
+        Optional[list[Path]],
         typer.Argument(
-            help="Run directory or .pt checkpoint. (default: the most recently trained run under checkpoints/)",
+            help="Run directories or .pt checkpoints; several are shown side by side, their loss curves overlaid. "
+            "(default: the most recently trained run under checkpoints/)",
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print everything as one JSON object (a list of them for several runs).")
+    ] = False,
+    samples: Annotated[
+        bool, typer.Option("--samples", help="Replay the samples written while training (samples.jsonl).")
+    ] = False,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plot",
+            help="Also write the loss curves as an image: FILE.svg, .png or .pdf (needs matplotlib: "
+            "pip install 'charlstm\\[plot]').",
+            show_default=False,
+        ),
+    ] = None,
+    chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Draw the loss curves in the terminal.")] = True,
 ) -> None:
-    """Show what a run or checkpoint holds: corpus, model, training progress and losses."""
+    """Show what runs or checkpoints hold: corpus, model, training progress, losses and the loss curves."""
+    from .plots import Curve, has_points, save_chart, terminal_chart
+    from .progress import sample_lines
+
     try:
-        if path is None:
-            path = rundir.find_latest_run()
+        if not paths:
+            paths = [rundir.find_latest_run()]
             if not as_json:
-                err.print(f"Newest run: {path}", markup=False)
-        data = summary_of(path)
+                err.print(f"Newest run: {paths[0]}", markup=False)
+        datas = [summary_of(path) for path in paths]
+        folders = [rundir.run_dir_of(path) for path in paths]
+        names = [path.name if path.is_dir() else path.parent.name for path in paths]
+        labels = names if len(set(names)) == len(names) else [str(path) for path in paths]
+        curves = [Curve(label, rundir.read_metrics(f) if f else []) for label, f in zip(labels, folders)]
+        replayed = [rundir.read_samples(f) if f and samples else [] for f in folders]
+        if plot is not None:
+            save_chart(curves, plot, title=" vs ".join(labels))
+            err.print(f"Wrote the loss curves to {plot}", markup=False)
     except CharlstmError as exc:
         _fail(exc)
         return
     if as_json:
-        sys.stdout.write(json.dumps(data) + "\n")
+        objects = [
+            {"run": str(path), **data, **({"samples": rows} if samples else {})}
+            for path, data, rows in zip(paths, datas, replayed)
+        ]
+        sys.stdout.write(json.dumps(objects[0] if len(objects) == 1 else objects) + "\n")
         return
-    out.print(render.table(f"charlstm info {path}", render.info_rows(data)))
+    if len(paths) == 1:
+        out.print(render.table(f"charlstm info {paths[0]}", render.info_rows(datas[0])))
+    else:
+        out.print(render.compare_table("charlstm info", labels, datas))
+    if chart and has_points(curves):
+        width = max(40, min(out.width, 100))
+        out.print(terminal_chart(curves, width=width, height=20, color=out.is_terminal), markup=False)
+        out.print(markup=False)
+    elif chart and any(folders):
+        out.print("(no validations yet: no loss curve to draw)", markup=False)
+    elif chart:
+        out.print("(a checkpoint file without its run directory: no metrics.jsonl, no loss curve)", markup=False)
+    for label, rows, folder in zip(labels, replayed, folders) if samples else ():
+        if len(paths) > 1:
+            out.print(f"═══ {label} ═══", markup=False)
+        if not rows and folder is None:
+            out.print("No samples: a checkpoint file without its run directory has no samples.jsonl.", markup=False)
+        elif not rows:
+            out.print(
+                f"No samples in {folder} (trained before samples were kept, or with --sample-every 0).", markup=False
+            )
+        for row in rows:
+            out.print(sample_lines(row) + "\n", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- inspect

@@ -113,6 +113,10 @@ class TrainConfig:
     eval_every: int = 250  # steps between validations
     eval_chars: int = 65_536  # characters a periodic validation scores (a fixed, seeded slice of the split)
     final_eval_chars: int = 524_288  # the final evaluation scores the whole split, or this many of it if larger
+    sample_every: int | None = None  # steps between samples shown while training (None: at each validation; 0: never)
+    sample_length: int = 200  # characters of each (at most: a record-trained run's sample is one record)
+    sample_temp: float = 0.8  # their temperature
+    sample_prime: str = ""  # the text each of them starts with
     save_every: float | None = None  # steps between checkpoints (None: at each eval)
     save_every_seconds: float | None = None  # seconds between checkpoints
     val_frac: float = 0.1  # the last share of the corpus used for validation
@@ -131,6 +135,11 @@ class TrainConfig:
         _positive("eval_every", self.eval_every)
         _positive("eval_chars", self.eval_chars)
         _positive("final_eval_chars", self.final_eval_chars)
+        if self.sample_every is not None and self.sample_every < 0:
+            raise InvalidValue("sample_every", f"must be >= 0 (0: no samples while training), got {self.sample_every}")
+        _positive("sample_length", self.sample_length)
+        if not (self.sample_temp >= 0 and math.isfinite(self.sample_temp)):
+            raise InvalidValue("sample_temp", f"must be >= 0, got {self.sample_temp}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidValue("lr", f"must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
@@ -149,6 +158,9 @@ class TrainConfig:
             raise InvalidValue("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise InvalidValue("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+INTERACTIVE_LENGTH = 300  # characters per continuation in `sample --interactive` (its --length default)
 
 
 @dataclass

@@ -4,10 +4,12 @@ The trainer reports through one callback, `on_event(kind, data)`, and prints not
 
     step        after every training step: step, fraction (0..1 of the budget), loss, chars_per_second, lr,
                 elapsed and remaining (seconds, from the budget that will stop the run)
-    phase       the run starts something slow: data["phase"] is "training", "validating", "final evaluation"
-                or "saving"
+    phase       the run starts something slow: data["phase"] is "training", "validating", "final evaluation",
+                "saving" or "sampling"
     validation  a validation finished: its metrics row (step, chars_seen, train_loss, val_loss, seconds) and
                 whether it is a new best; final=True for the final evaluation
+    sample      a sample of the model as it is now (after each validation, or every --sample-every steps):
+                data["row"] is samples.jsonl's row (step, chars_seen, val_loss, temperature, text)
     signal      Ctrl-C or SIGTERM arrived: data["signal"], data["phase"]
     note        a line worth showing (data["text"])
 
@@ -45,6 +47,25 @@ def validation_line(row: dict[str, Any], improved: bool, final: bool = False) ->
         f"step {row['step']:,} · {row['chars_seen']:,} chars · {train_text} · val {row['val_loss']:.3f}{star} · "
         f"{format_duration(row.get('elapsed', row.get('seconds')))}"
     )
+
+
+def sample_lines(row: dict[str, Any]) -> str:
+    """A sample written while training, as shown under the bar and by `charlstm info --samples`:
+
+    ── sample · step 250 · 256,000 chars · val 1.874 · temp 0.8 ──
+    the text, its control characters made visible (they would move the cursor or clear the line)
+    """
+    val = row.get("val_loss")
+    val_text = f" · val {val:.3f}" if isinstance(val, (int, float)) else ""
+    temperature = row.get("temperature")
+    temp_text = f" · temp {temperature:g}" if isinstance(temperature, (int, float)) else ""
+    heading = f"── sample · step {row.get('step', 0):,} · {row.get('chars_seen', 0):,} chars{val_text}{temp_text} ──"
+    return heading + "\n" + visible_text(str(row.get("text", "")))
+
+
+def visible_text(text: str) -> str:
+    """Text safe to print to a terminal: newlines and tabs kept, other control characters as escapes."""
+    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Bar(tqdm):
@@ -85,7 +106,7 @@ class ConsoleProgress:
             print(text, file=self.stream, flush=True)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if self.quiet and kind in ("step", "phase", "validation"):
+        if self.quiet and kind in ("step", "phase", "validation", "sample"):
             return
         if kind == "step":
             self._step(data)
@@ -95,6 +116,8 @@ class ConsoleProgress:
                 self.bar.set_description_str(self._desc(), refresh=True)
         elif kind == "validation":
             self.write(validation_line(data["row"], data.get("improved", False), data.get("final", False)))
+        elif kind == "sample":
+            self.write(sample_lines(data["row"]))
         elif kind == "signal":
             doing = {"saving": "finishing the save", "setup": "nothing trained yet"}.get(data["phase"], "saving")
             again = " (Ctrl-C again to abort at once)" if data["signal"] == "SIGINT" else ""
@@ -108,6 +131,7 @@ class ConsoleProgress:
             "validating": "validating…",
             "saving": "saving…",
             "final evaluation": "final evaluation…",
+            "sampling": "sampling…",
         }.get(self.phase, self.phase)
 
     def _postfix(self, data: dict[str, Any]) -> str:

@@ -97,6 +97,25 @@ def samples(texts: list[str], temperature: float, label_temperature: bool, out_f
     return heading + "".join(f"─── sample {i + 1} ───\n{t}\n" for i, t in enumerate(texts))
 
 
+def compare_table(title: str, labels: list[str], datas: list[dict[str, Any]]) -> Table:
+    """Several runs' `info` rows side by side: one column per run, a row for every label any of them has."""
+    # the loss rows without what each figure scores (it makes three columns unreadable; `info RUN` says it)
+    by_run = [
+        {key: value.split(", ")[0] if key.endswith("val loss") else value for key, value in info_rows(data)}
+        for data in datas
+    ]
+    keys: list[str] = []
+    for rows in by_run:
+        keys += [key for key in rows if key not in keys]
+    shown = Table(title=title, title_justify="left")
+    shown.add_column("", style="bold")
+    for label in labels:
+        shown.add_column(label, overflow="fold")
+    for key in keys:
+        shown.add_row(key, *(rows.get(key, "-") for rows in by_run))
+    return shown
+
+
 def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     """`charlstm info` as labelled, readable rows (the raw dict is what --json prints)."""
     rows: list[tuple[str, str]] = []

@@ -4,6 +4,7 @@ latest.pt      the newest checkpoint (resume from here)
 best.pt        the checkpoint with the lowest periodic validation loss (sample from here)
 run.json       config, sizes, progress and losses, human readable
 metrics.jsonl  one line per validation
+samples.jsonl  one line per sample written while training (step, chars_seen, val_loss, temperature, text)
 train.lock     held by the process training the run (runlock.py)
 corpus.*       the encoded corpus of a large corpus (tokencache.py)
 """
@@ -22,12 +23,13 @@ from .errors import CharlstmError
 
 DEFAULT_ROOT = Path("checkpoints")
 LATEST, BEST, RUN_JSON, METRICS = "latest.pt", "best.pt", "run.json", "metrics.jsonl"
+SAMPLES = "samples.jsonl"
 MAX_RUN_JSON_BYTES = 16 << 20  # run.json is a few KB; a larger one is not ours
 
 
 def clear_run(run_dir: Path) -> None:
     """Remove a run's checkpoints and records (for a new run in the same directory)."""
-    for name in (LATEST, BEST, RUN_JSON, METRICS):
+    for name in (LATEST, BEST, RUN_JSON, METRICS, SAMPLES):
         try:
             (Path(run_dir) / name).unlink()
         except FileNotFoundError:
@@ -57,7 +59,7 @@ def prepare_run_dir(run_dir: Path) -> None:
     files that a save killed part-way left behind (they are never read)."""
     run_dir = Path(run_dir)
     make_run_dir(run_dir, prove_writable=True)
-    for name in (LATEST, BEST, RUN_JSON, METRICS):
+    for name in (LATEST, BEST, RUN_JSON, METRICS, SAMPLES):
         for stale in temporary_files(run_dir / name):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -93,7 +95,16 @@ def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl. A line that is not a JSON object (the last one cut short by a kill, or a
     damaged one), or whose step is not a number, is skipped: the rows are what the caller can rely on."""
-    path = Path(run_dir) / METRICS
+    return _read_rows(Path(run_dir) / METRICS)
+
+
+def read_samples(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of samples.jsonl (the samples written while training), read as read_metrics reads its file;
+    a row without a text is skipped too."""
+    return [row for row in _read_rows(Path(run_dir) / SAMPLES) if isinstance(row.get("text"), str)]
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_bytes().decode("utf-8", "replace")
     except FileNotFoundError:
@@ -113,18 +124,33 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    _rewrite_rows(Path(run_dir) / METRICS, rows)
+
+
+def rewrite_samples(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    _rewrite_rows(Path(run_dir) / SAMPLES, rows)
+
+
+def _rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(Path(run_dir) / METRICS, lambda handle: handle.write(text.encode()))
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    path = Path(run_dir) / METRICS
+    _append_row(Path(run_dir) / METRICS, row)
+
+
+def append_sample(run_dir: Path, row: dict[str, Any]) -> None:
+    _append_row(Path(run_dir) / SAMPLES, row)
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
     try:
         with open(path, "ab") as handle:
             # after a kill part-way through a line, start a new one: the row is not glued to the cut one
             cut = handle.tell() > 0 and _last_byte(path) != b"\n"
             handle.write((("\n" if cut else "") + json.dumps(row) + "\n").encode())
-    except OSError as exc:  # a line cut short is skipped by read_metrics
+    except OSError as exc:  # a line cut short is skipped by _read_rows
         raise CharlstmError(f"could not write {path}: {reason(exc)}; the checkpoints are saved") from None
 
 
@@ -162,6 +188,15 @@ def run_dir_for(run_dir: Path, resume_from: Path | None) -> Path:
         if resume_from.name in (LATEST, BEST):
             return resume_from.parent
     return Path(run_dir)
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory a path names: itself, or the directory of its latest.pt or best.pt; None for a
+    checkpoint file kept elsewhere (it has no run files beside it)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent if path.name in (LATEST, BEST) else None
 
 
 def write_run_json(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ def generate(
     eor = vocab.end_of_record
     # the state each sample reads the marker from: one of the states training had before a marker (drawn
     # before any uniform, identically whatever the stepper), so that a record starts as it did in training
-    initial = _pick_start_states(loaded, n, rng) if eor is not None and start != "zeros" else None
+    initial = pick_start_states(loaded, n, rng) if eor is not None and start != "zeros" else None
     if initial is None and start == "states":
         raise CharlstmError(
             f"{loaded.path} has no record start states (a model without records, or an older checkpoint)"
@@ -135,7 +135,7 @@ def generate(
             yield i, pending[i]
 
 
-def _pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> State | None:
+def pick_start_states(loaded: LoadedModel, n: int, rng: torch.Generator) -> State | None:
     """One of the checkpoint's record start states per sample, (layers, N, H) each; None without them."""
     stored = loaded.payload.get("start_states")
     if not stored:

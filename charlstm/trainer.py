@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from . import checkpoint, distributed, resume, rundir, schedule, validation
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, autocast_dtype, check_autocast, configure_backends, pick_device, precision_name
 from .errors import CharlstmError
 from .loss import compiled_loss, window_loss_sum
 from .model import CharRNN, detach_state
 from .progress import EventSink
+from .sample import LoadedModel, sample_text
 from .schedule import Progress, has_budget, lr_at
 from .signals import StopSignals
 from .starts import record_start_states
@@ -95,6 +96,13 @@ class Trainer:
             train_config = replace(train_config, batch_size=batch, seq_len=seq_len)
         self.vocab = vocab
         self.corpus = corpus
+        unknown = vocab.unknown(train_config.sample_prime) if train_config.sample_every != 0 else []
+        if unknown:
+            raise CharlstmError(
+                "--sample-prime has characters the corpus does not have: " + " ".join(repr(c) for c in unknown[:20])
+            )
+        self.start_states: tuple[int, list[torch.Tensor]] | None = None  # (step, states) of the last save, for samples
+        self.sampled_at = -1  # the step of the last sample shown while training
         configure_backends(self.device)
         self.amp = autocast_dtype(train_config.precision, self.device)
         check_autocast(self.device, self.amp)
@@ -127,6 +135,8 @@ class Trainer:
             if self.dist.is_main:
                 rows = [r for r in rundir.read_metrics(self.run_dir) if r.get("step", 0) <= self.progress.step]
                 rundir.rewrite_metrics(self.run_dir, rows)  # drop evaluations made after this checkpoint
+                samples = [r for r in rundir.read_samples(self.run_dir) if r.get("step", 0) <= self.progress.step]
+                rundir.rewrite_samples(self.run_dir, samples)  # and the samples
             notice = schedule.replan(self.saved_config, self.config, self.progress, self.train_streams.num_targets)
             if notice:
                 self._notice(notice)
@@ -192,7 +202,11 @@ class Trainer:
             return None
         # 128 characters of context: on trained models, the first-character distribution from these states
         # matched that of 1,024-character contexts (benchmarks/record_starts.py runs), at an eighth of the cost
-        return record_start_states(self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed)
+        states = record_start_states(
+            self.model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed
+        )
+        self.start_states = (self.progress.step, states)  # a sample at this step starts from them too
+        return states
 
     def _all_rows_hidden(self) -> list[torch.Tensor]:
         """The carried state of all B stream rows, gathered from every rank, as CPU tensors."""
@@ -332,6 +346,8 @@ class Trainer:
         self.emit("validation", {"row": row, "improved": improved})
         if final and math.isfinite(p.final_val_loss):
             self.emit("validation", {"row": row, "improved": False, "final": True})
+        if self.config.sample_every is None or (final and self.config.sample_every):
+            self.sample_while_training()
 
     def _final_evaluation(self, row: dict[str, Any]) -> None:
         with self._phase("final evaluation"):
@@ -341,6 +357,51 @@ class Trainer:
             return
         self.progress.final_val_loss = final
         row.update(final_val_loss=final, final_val_chars=self.final_slice.chars, final_whole=self.final_slice.whole)
+
+    # ----------------------------------------------------------------------------------- samples
+
+    def sample_while_training(self) -> None:
+        """A short seeded sample of the model as it is now: emitted as a "sample" event and appended to
+        samples.jsonl (rank 0 only; nothing else of the run changes, so a resumed run stays exact).
+
+        It runs on a CPU copy of the weights in eval mode (no dropout), with charlstm's fast CPU sampler and
+        its own seeded generator: the model, the optimizer and the training random state are not touched.
+        The seed is the run's, the same at every sample, so that samples differ by what the model learned."""
+        p, c = self.progress, self.config
+        if not self.dist.is_main or self.sampled_at == p.step or self.signals.received is not None:
+            return
+        self.sampled_at = p.step
+        started = time.perf_counter()
+        with self._phase("sampling"):
+            with torch.random.fork_rng(devices=[]):  # a new model's initial weights must not use the run's RNG
+                model = CharRNN(self.model_config)
+            model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            model.eval()
+            payload = {"start_states": self._sample_start_states(model)} if self.data.record_lengths is not None else {}
+            loaded = LoadedModel(model=model, vocab=self.vocab, path=self.run_dir, payload=payload)
+            config = SampleConfig(length=c.sample_length, temperature=c.sample_temp, prime=c.sample_prime, seed=c.seed)
+            text = sample_text(loaded, config)[0]
+        self._tick()
+        row = {
+            "step": p.step,
+            "chars_seen": p.chars_seen,
+            "val_loss": p.last_val_loss if math.isfinite(p.last_val_loss) else None,
+            "temperature": c.sample_temp,
+            "text": text,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+        rundir.append_sample(self.run_dir, row)
+        self.emit("sample", {"row": row})
+
+    def _sample_start_states(self, model: CharRNN) -> list[torch.Tensor] | None:
+        """A record-trained model's start states at this step: those the save at this step computed, else
+        computed now on the sample's CPU copy (from the step's weights alone, so a resumed run samples alike)."""
+        eor = self.vocab.end_of_record
+        if self.start_states is not None and self.start_states[0] == self.progress.step:
+            return self.start_states[1]
+        if eor is None:
+            return None
+        return record_start_states(model, self.data.train, eor, context=START_STATE_CONTEXT, seed=self.config.seed)
 
     # -------------------------------------------------------------------------------------- loop
 
@@ -360,6 +421,7 @@ class Trainer:
             rundir.prepare_run_dir(self.run_dir)
             if self.resume is None and p.step == 0:
                 rundir.rewrite_metrics(self.run_dir, [])  # a new run: no evaluations from an earlier one
+                rundir.rewrite_samples(self.run_dir, [])
         model, optimizer, streams = self.forward_model, self.optimizer, self.train_streams
         world = self.dist.world_size
         self.signals.phase = "training"
@@ -449,6 +511,8 @@ class Trainer:
                 self._consume(pending)
                 self.save()
                 last_save_time, steps_since_save = p.train_seconds, 0
+            if stopped_by is None and c.sample_every and p.step % c.sample_every == 0:
+                self.sample_while_training()
             # a signal during a validation (every rank cut it short together and saved) or, single-process,
             # during a save or the bookkeeping after the step: stop here (saved unless already)
             if stopped_by is None and (p.eval_pending or (world == 1 and self.signals.received is not None)):

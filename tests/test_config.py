@@ -99,6 +99,10 @@ TRAIN_REFUSALS = [
     (dict(max_time=-5.0), "max_time must be > 0, got -5.0"),
     (dict(device="tpu"), "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
     (dict(precision="fp8"), "precision must be one of auto, fp32, bf16, got 'fp8'"),
+    (dict(sample_every=-1), "sample_every must be >= 0 (0: no samples while training), got -1"),
+    (dict(sample_length=0), "sample_length must be > 0, got 0"),
+    (dict(sample_temp=-0.1), "sample_temp must be >= 0, got -0.1"),
+    (dict(sample_temp=math.inf), "sample_temp must be >= 0, got inf"),
 ]
 
 
@@ -145,6 +149,7 @@ def test_every_checked_field_has_a_refusal_here():
         "encoding",
         "prime",
         "stop",
+        "sample_prime",  # checked against the corpus's vocabulary when training starts (test_train_samples.py)
     }
     every = {f for cls in (ModelConfig, TrainConfig, SampleConfig) for f in asdict(cls())}
     assert every - unchecked == covered

@@ -144,6 +144,9 @@ def test_two_ranks_match_one_process(tmp_path, corpus_path, single_run):
     assert "x 2 processes" in done.stderr
     assert rundir.read_run_json(run)["world_size"] == 2
     assert_same_run(single_run, run)
+    # rank 0 alone samples while training: one sample per validation, as one process writes
+    steps = [r["step"] for r in rundir.read_samples(run)]
+    assert steps == [r["step"] for r in rundir.read_samples(single_run)] == [5, 10, 12]
 
 
 def _free_port() -> int:
