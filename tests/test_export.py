@@ -41,12 +41,14 @@ TOLERANCE = 1e-4  # max |Δlogit| of ONNX and TorchScript against the model
 PAGE_TOLERANCE = 1e-3  # max |Δp| of the page's next-character distribution against charlstm's
 
 
-def save_run(directory: Path, cell: str, records: bool = False, eor_bias: float = 0.0, seed: int = 0) -> Path:
+def save_run(
+    directory: Path, cell: str, records: bool = False, eor_bias: float = 0.0, seed: int = 0, gain: float = 2.0
+) -> Path:
     """A run directory whose best.pt holds a 2-layer random model of `cell` (weights scaled up, so that its
     states and distributions are far from uniform). `records`: the vocabulary starts with the end-of-record
     marker, the checkpoint holds record start states, and the marker's logit is raised by `eor_bias`."""
     chars = ([""] if records else []) + CHARS
-    model = scaled_random_model(len(chars), cell, layers=2, hidden=24, seed=seed, gain=2.0)
+    model = scaled_random_model(len(chars), cell, layers=2, hidden=24, seed=seed, gain=gain)
     if records:
         with torch.no_grad():
             model.head.bias[0] += eor_bias
@@ -390,3 +392,64 @@ def test_output_paths_default_beside_the_checkpoint(runs, tmp_path):
     single.write_bytes((runs["rnn"] / "best.pt").read_bytes())
     assert_ok(invoke("export", single, "--format", "torchscript"))
     assert (tmp_path / "poet.torchscript").is_file()  # a .pt file: beside it, its name; a run: RUN/RUN.<format>
+
+
+# ------------------------------------------------------------------------------------ the cells of cells.py
+
+CUSTOM_CELLS = ("peephole", "pseudo", "pseudo2", "cifg", "lnlstm")
+
+
+@pytest.fixture(scope="module")
+def custom_runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export-custom")
+    # the layer-normalised LSTM with every weight doubled is chaotic: float32 rounding differences between a
+    # whole window and one step at a time grow past 1e-4 within ~30 steps (float64 agrees to 2e-5); at gain 1
+    # they stay below 3e-6
+    gains = {"lnlstm": 1.0}
+    return {
+        cell: save_run(root / cell, cell, seed=10 + i, gain=gains.get(cell, 2.0)) for i, cell in enumerate(CUSTOM_CELLS)
+    }
+
+
+def run_step_graph(step, ids: list[int]) -> np.ndarray:
+    """Logits (T, V) of a single-step graph fed `ids` one at a time from zero (h, c) states (2 x 1 x 24)."""
+    state, rows = [np.zeros((2, 1, 24), np.float32) for _ in range(2)], []
+    for token in ids:
+        logits, *state = step(token, state)
+        rows.append(logits[0])
+    return np.stack(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CUSTOM_CELLS)
+def test_every_custom_cell_exports_to_torchscript_with_the_models_logits(custom_runs, tmp_path, cell):
+    out = tmp_path / f"{cell}.pt"
+    assert_ok(invoke("export", custom_runs[cell], "--format", "torchscript", "--out", out))
+    module = torch.jit.load(str(out))
+    ids, expected = probe_ids(custom_runs[cell])
+
+    def step(token, state):
+        with torch.inference_mode():
+            outputs = module(torch.tensor([token]), *(torch.from_numpy(s) for s in state))
+        return [o.numpy() for o in outputs]
+
+    assert np.abs(run_step_graph(step, ids) - expected).max() < TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_custom_cell_exports_to_onnx_with_the_models_logits(custom_runs, tmp_path):
+    import onnxruntime
+
+    out = tmp_path / "pseudo2.onnx"
+    assert_ok(invoke("export", custom_runs["pseudo2"], "--format", "onnx", "--out", out))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ids", "h", "c"]
+    ids, expected = probe_ids(custom_runs["pseudo2"])
+    step = lambda token, state: session.run(None, {"ids": np.array([token], np.int64), "h": state[0], "c": state[1]})  # noqa: E731
+    assert np.abs(run_step_graph(step, ids) - expected).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("cell", CUSTOM_CELLS)
+def test_the_page_refuses_each_custom_cell_by_name(custom_runs, tmp_path, cell):
+    assert_one_error(invoke("export", custom_runs[cell], "--format", "html", "--out", tmp_path / "x.html"), f"'{cell}'")
+    assert not (tmp_path / "x.html").exists()
