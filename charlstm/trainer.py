@@ -509,6 +509,8 @@ class Trainer:
                     last_save_time, steps_since_save = p.train_seconds, 0
             elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
                 self._consume(pending)
+                if stopped_by is not None and p.step % c.eval_every == 0:
+                    p.eval_pending = True  # stopped where a validation was due: it runs first on resume
                 self.save()
                 last_save_time, steps_since_save = p.train_seconds, 0
             if stopped_by is None and c.sample_every and p.step % c.sample_every == 0:

@@ -160,3 +160,16 @@ def test_epoch_budget(tmp_path, corpus):
     assert result.stopped_by == "epochs"
     assert result.chars_seen == 2 * trainer.train_streams.num_targets
     assert result.step == 2 * len(trainer.train_streams)
+
+
+@pytest.mark.parametrize("stop_at", [5, 7])
+def test_a_stop_on_a_validation_step_validates_on_resume_and_the_curve_is_whole(tmp_path, stop_at):
+    """Stopped at step 5 (a validation was due there: eval every 5) or 7, then resumed to 10: the same curve
+    as a run that never stopped. The validation due at the stop runs first on resume, on that step's weights."""
+    corpus, model = memory_corpus(3000), helpers.tiny_model(hidden=8)
+    train(corpus, model, tiny_train(max_steps=10), tmp_path / "straight")
+    stopped = train(corpus, model, tiny_train(max_steps=10), tmp_path / "b", should_stop=lambda s: s == stop_at)
+    assert stopped.step == stop_at
+    train(corpus, model, tiny_train(max_steps=10), resume_from=tmp_path / "b")
+    assert [row[0] for row in curve(tmp_path / "b")] == [5, 10]
+    assert curve(tmp_path / "b") == curve(tmp_path / "straight")
