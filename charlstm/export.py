@@ -33,6 +33,7 @@ from . import rundir
 from .atomic import atomic_write
 from .config import SampleConfig
 from .errors import CharlstmError
+from .runlock import LOCK_NAME
 from .sample import LoadedModel, load_model, sample_text
 
 FORMATS = ("onnx", "torchscript", "html")
@@ -152,9 +153,19 @@ def _target(loaded: LoadedModel, fmt: str, out: Path | None) -> Path:
             raise CharlstmError(
                 f"--out {out}: the ONNX file's vocabulary and config go to a .json beside it; name it .onnx"
             )
-        return out
-    name = loaded.path.parent.name if loaded.path.name in (rundir.BEST, rundir.LATEST) else loaded.path.stem
-    return loaded.path.parent / f"{name or 'model'}{SUFFIXES[fmt]}"
+    else:
+        name = loaded.path.parent.name if loaded.path.name in (rundir.BEST, rundir.LATEST) else loaded.path.stem
+        out = loaded.path.parent / f"{name or 'model'}{SUFFIXES[fmt]}"
+    for written in [out, sidecar_path(out)] if fmt == "onnx" else [out]:
+        own = written.name in (*rundir.RUN_FILES, LOCK_NAME) and rundir.is_run_dir(written.parent)
+        if own or (written.exists() and written.resolve() == loaded.path.resolve()):
+            raise CharlstmError(f"{written} is a file of the run itself; give --out another name")
+    return out
+
+
+def sidecar_path(target: Path) -> Path:
+    """The JSON beside an ONNX file (`x.onnx` -> `x.onnx.json`: never a run's own run.json, whatever its name)."""
+    return target.with_name(target.name + ".json")
 
 
 def export(path: Path, fmt: str, out: Path | None = None, precision: str | None = None) -> Exported:
@@ -296,7 +307,7 @@ def export_onnx(loaded: LoadedModel, target: Path) -> Exported:
     zeros = [s.numpy() for s in example_inputs(loaded.model, 1)[1:]]
     gap = float(np.abs(onnx_logits(session, names, ids, zeros) - reference_logits(loaded.model, ids)).max())
     check_gap(loaded, "ONNX", gap, len(ids))
-    sidecar = target.with_suffix(".json")
+    sidecar = sidecar_path(target)
     _write(target, data)
     text = json.dumps(describe(loaded), indent=1, ensure_ascii=False) + "\n"
     _write(sidecar, text.encode("utf-8"))

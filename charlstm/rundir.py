@@ -24,12 +24,13 @@ from .errors import CharlstmError
 DEFAULT_ROOT = Path("checkpoints")
 LATEST, BEST, RUN_JSON, METRICS = "latest.pt", "best.pt", "run.json", "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+RUN_FILES = (LATEST, BEST, RUN_JSON, METRICS, SAMPLES)  # what a run directory holds (and nothing may overwrite)
 MAX_RUN_JSON_BYTES = 16 << 20  # run.json is a few KB; a larger one is not ours
 
 
 def clear_run(run_dir: Path) -> None:
     """Remove a run's checkpoints and records (for a new run in the same directory)."""
-    for name in (LATEST, BEST, RUN_JSON, METRICS, SAMPLES):
+    for name in RUN_FILES:
         try:
             (Path(run_dir) / name).unlink()
         except FileNotFoundError:

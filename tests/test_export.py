@@ -110,7 +110,7 @@ def test_onnx_matches_the_model_over_200_steps(runs, onnx_files, cell):
 
     session = onnxruntime.InferenceSession(str(onnx_files[cell]), providers=["CPUExecutionProvider"])
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    sidecar = json.loads(onnx_files[cell].with_suffix(".json").read_text(encoding="utf-8"))
+    sidecar = json.loads(export_module.sidecar_path(onnx_files[cell]).read_text(encoding="utf-8"))
     loaded = load_model(runs[cell])
     assert meta == sidecar and meta["vocab"] == loaded.vocab.chars and meta["config"] == asdict(loaded.model.config)
     assert meta["end_of_record"] == loaded.vocab.end_of_record
@@ -453,3 +453,23 @@ def test_a_custom_cell_exports_to_onnx_with_the_models_logits(custom_runs, tmp_p
 def test_the_page_refuses_each_custom_cell_by_name(custom_runs, tmp_path, cell):
     assert_one_error(invoke("export", custom_runs[cell], "--format", "html", "--out", tmp_path / "x.html"), f"'{cell}'")
     assert not (tmp_path / "x.html").exists()
+
+
+def test_an_export_never_overwrites_a_file_of_the_run(runs, tmp_path):
+    """A run directory named `run` exports to run.onnx beside run.onnx.json, and its own run.json is untouched;
+    an --out naming one of the run's files (or the checkpoint read) is refused, nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes((runs["gru"] / "best.pt").read_bytes())
+    (run / "run.json").write_text('{"step": 7}', encoding="utf-8")
+    assert_ok(invoke("export", run, "--format", "torchscript"))
+    assert (run / "run.torchscript").exists() and json.loads((run / "run.json").read_text()) == {"step": 7}
+    assert export_module.sidecar_path(run / "run.onnx") == run / "run.onnx.json"
+    before = (run / "best.pt").read_bytes()
+    for name in ("best.pt", "run.json", "metrics.jsonl"):
+        assert_one_error(invoke("export", run, "--format", "torchscript", "--out", run / name), name, "--out")
+    assert (run / "best.pt").read_bytes() == before and not (run / "metrics.jsonl").exists()
+    loose = tmp_path / "model.pt"
+    loose.write_bytes(before)
+    assert_one_error(invoke("export", loose, "--format", "html", "--out", loose), "model.pt", "--out")
+    assert loose.read_bytes() == before
