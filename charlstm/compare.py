@@ -243,8 +243,9 @@ class CompareProgress:
         from tqdm import tqdm
 
         self.quiet, self.index, self.total, self.label = quiet, 0, 1, ""
-        self.bar = None if quiet else tqdm(total=1.0, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        self.bar = None  # drawn at the first run, so that an error before it (a missing corpus) is a clean line
         self.stream = sys.stderr
+        self._make_bar = lambda: tqdm(total=1.0, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -254,6 +255,8 @@ class CompareProgress:
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "run":
+            if self.bar is None and not self.quiet:
+                self.bar = self._make_bar()
             self.index, self.total = data["index"], data["total"]
             self.label = f"run {data['index'] + 1}/{data['total']}: {data['cell']} seed {data['seed']}"
             if self.bar is not None:

@@ -79,8 +79,10 @@ def test_bad_compare_flags_are_one_line_errors(tmp_path, args, fragments):
     assert_one_error(invoke("compare", corpus, *args, "--out", tmp_path / "c", "-q", *TINY), *fragments)
 
 
-def test_compare_of_a_missing_corpus_is_one_line(tmp_path):
-    assert_one_error(invoke("compare", tmp_path / "nope.txt", "--max-steps", "2", "-q"), "nope.txt")
+@pytest.mark.parametrize("quiet", [["-q"], []])
+def test_compare_of_a_missing_corpus_is_one_line(tmp_path, quiet):
+    """One line, with or without the progress bar (drawn only once the first run starts)."""
+    assert_one_error(invoke("compare", tmp_path / "nope.txt", "--max-steps", "2", *quiet), "nope.txt")
 
 
 @pytest.mark.slow
