@@ -33,7 +33,19 @@ from .config import (
 from .errors import CharlstmError, PeerFailedError
 from .summary import summary_of
 
+
+class _Commands(typer.core.TyperGroup):
+    """The commands in --help in the order a person meets them, not the order they are defined."""
+
+    ORDER = ("train", "sample", "info", "eval", "inspect", "export", "probe", "compare")
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: self.ORDER.index(name) if name in self.ORDER else len(self.ORDER))
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="charlstm",
     help="Train character-level LSTM/GRU/RNN language models on any text, and sample from them.",
     no_args_is_help=True,
@@ -502,8 +514,10 @@ def probe(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
-    """Train small models on a synthetic task and report exact-match accuracy per length, inside the training
-    range and beyond it, the first length that fails, and the units that carry the task."""
+    """Edwin Chen's synthetic tasks: exact-match accuracy per length, in and beyond training, and their units.
+
+    Trains small models on the task and reports exact-match accuracy per length, inside the training range and
+    beyond it, the first length that fails, and the units that carry the task."""
     from .probes import ProbeConfig, run_probe
 
     try:
@@ -563,7 +577,9 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train each cell --seeds times with the same budget and shape; print best validation loss (mean and 95%
+    """Train several cells over seeds at one budget and compare them, with significance.
+
+    Trains each cell --seeds times with the same budget and shape; prints best validation loss (mean and 95%
     interval), parameters, chars/s, and which differences from the first cell are significant."""
     from .compare import CompareConfig, CompareProgress, parse_cells, run_compare
 
@@ -827,8 +843,10 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as one JSON object.")] = False,
 ) -> None:
-    """Score text with a run's model, in nats/char and bits/char: FILEs, or the validation split; optionally
-    beside n-gram baselines, and how much of a samples file is copied from the training text."""
+    """Score text with a run's model in nats/char and bits/char, optionally beside n-gram baselines.
+
+    Scores FILEs, or the validation split; optionally beside n-gram baselines, and how much of a samples file
+    is copied from the training text."""
     from .device import pick_device
     from .evaluate import evaluate, novelty
     from .ngram import parse_orders

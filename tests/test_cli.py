@@ -153,3 +153,11 @@ def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus_file, m
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20]  # the new run's evaluations only, not the old run's step 10 too
     assert json.loads(run_cli("info", run, "--json").output)["step"] == 20
+
+
+def test_help_lists_the_commands_in_the_order_a_person_meets_them():
+    result = invoke("--help")
+    assert result.exit_code == 0, result.output
+    order = ["train", "sample", "info", "eval", "inspect", "export", "probe", "compare"]
+    positions = [result.output.find(f"│ {name} ") for name in order]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), result.output
