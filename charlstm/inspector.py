@@ -30,7 +30,7 @@ from .features import Match, feature_values, rank_units
 from .model import CharRNN
 from .sample import LoadedModel, load_model, pick_seed, sample_text
 from .textio import read_text_chunks
-from .trace import Trace, trace
+from .trace import Trace, gate_saturation, trace
 from .vocab import Vocab
 
 MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays under 10 MB
@@ -57,6 +57,8 @@ class Inspection:
     findings: dict[str, list[Match]] = field(default_factory=dict)
     seed: int | None = None
     notes: list[str] = field(default_factory=list)  # what the command should tell the user besides the path
+    origin: str | None = None  # how the text was made, where it is neither a file nor a prime (a probe's)
+    loss_note: str | None = None  # what the loss panel says where there is no metrics.jsonl
 
     @property
     def cut(self) -> bool:
@@ -132,17 +134,44 @@ def inspect_run(
 
 
 def inspect_model(
-    model: CharRNN, vocab: Vocab, text: str, out: Path, targets: dict[str, np.ndarray], name: str
+    model: CharRNN,
+    vocab: Vocab,
+    pieces: list[str],
+    out: Path,
+    targets: dict[str, np.ndarray],
+    name: str,
+    origin: str,
+    loss_note: str,
 ) -> Inspection:
-    """The page of a model that is not a run (a probe's, trained in memory): `text` read from zeros, units ranked
-    against each of `targets` (a value per character), the page opening on the best unit of the first."""
+    """The page of a model that is not a run (a probe's, trained in memory): each of `pieces` read from zeros (as
+    the model was trained), one after another on the page; units ranked against each of `targets` (a value per
+    character of the pieces joined), the page opening on the best unit of the first."""
     with torch.inference_mode():
-        result = trace(model, vocab.encode(text))
+        result = join_traces([trace(model, vocab.encode(piece)) for piece in pieces])
     findings = {feature: rank_units(result.layers, values, feature) for feature, values in targets.items()}
     loaded = LoadedModel(model=model, vocab=vocab, path=Path(name), payload={})
+    text = "".join(pieces)
     inspection = Inspection(Path(out), text, 0, len(text), loaded, result, findings)
+    inspection.origin, inspection.loss_note = origin, loss_note
     write_page(inspection, [])
     return inspection
+
+
+def join_traces(traces: list[Trace]) -> Trace:
+    """Traces of separate readings, one after another (each piece's last surprise stays unknown: NaN)."""
+    layers = [
+        {name: np.concatenate([t.layers[layer][name] for t in traces]) for name in traces[0].layers[layer]}
+        for layer in range(len(traces[0].layers))
+    ]
+    joined = Trace(
+        ids=np.concatenate([t.ids for t in traces]),
+        layers=layers,
+        surprise=np.concatenate([t.surprise for t in traces]),
+        top_ids=np.concatenate([t.top_ids for t in traces]),
+        top_probs=np.concatenate([t.top_probs for t in traces]),
+    )
+    joined.saturation = gate_saturation(joined)
+    return joined
 
 
 def write_page(inspection: Inspection, metrics: list[dict[str, Any]]) -> None:
@@ -239,6 +268,8 @@ def page_data(inspection: Inspection, metrics: list[dict[str, Any]]) -> dict[str
         ],
         "findings": findings,
         "start": start,
+        "origin": inspection.origin,
+        "loss_note": inspection.loss_note,
     }
 
 

@@ -246,15 +246,21 @@ def write_probe_page(model: CharRNN, config: ProbeConfig, seed: int, out: Path) 
     opening on the unit that best follows the task's hidden variable (the count still to emit, or the
     remembered letter), as Edwin Chen's pictures show a counting neuron."""
     rng = random.Random(seed + 30_000)
-    text, targets = "", []
+    pieces, targets = [], []
     for length in range(1, config.train_max + 1):
         e = make_example(config.task, length, rng)
         body = e.prompt + e.answer[:-1]
-        text += "\n" + body
+        pieces.append("\n" + body)  # read from zeros, as carrier_units reads it and training presented it
         targets += [0.0] + (remaining_count(e) if config.task != "memory" else [float(e.letter)] * len(body))
     feature = "remembered letter" if config.task == "memory" else "count still to emit"
     name = f"probe {config.task}, {config.cell} {config.layers} x {config.hidden}, seed {seed}"
-    inspect_model(model, Vocab(list(VOCABULARY)), text, out, {feature: np.asarray(targets)}, name)
+    origin = (
+        f"one {config.task} sequence of each trained length 1..{config.train_max} (up to its last character), "
+        "each read from a zero state as in training"
+    )
+    loss_note = f"a probe model: {config.steps} steps of {config.batch_size} sequences, no metrics.jsonl"
+    vocab = Vocab(list(VOCABULARY))
+    inspect_model(model, vocab, pieces, out, {feature: np.asarray(targets)}, name, origin, loss_note)
     return out
 
 

@@ -168,3 +168,22 @@ def test_units_are_ranked_by_absolute_pearson_r():
     assert pearson(values, feature)[1] == 0.0
     with pytest.raises(CharlstmError, match="same at every character"):
         rank_units(layers, np.ones(200, np.float32), "flat")
+
+
+def test_joined_traces_are_each_reading_from_zeros_one_after_another():
+    """inspect_model's pieces (a probe's sequences): each read from zeros, then laid end to end."""
+    from charlstm.inspector import join_traces
+
+    model = scaled_random_model(7, "lstm", layers=2, hidden=6, seed=3)
+    first, second = [1, 2, 3, 4], [5, 6, 0]
+    joined = join_traces([trace(model, first), trace(model, second)])
+    alone = trace(model, second)
+    assert joined.ids.tolist() == first + second
+    for layer in range(2):
+        for name in LSTM_QUANTITIES:
+            assert np.array_equal(joined.layers[layer][name][4:], alone.layers[layer][name])  # from zeros again
+    assert np.isnan(joined.surprise[3]) and np.array_equal(joined.top_ids[4:], alone.top_ids)
+    counts = joined.saturation[0]["input gate"]
+    both = [trace(model, first).saturation[0]["input gate"], alone.saturation[0]["input gate"]]
+    for side in counts:
+        assert np.array_equal(counts[side], both[0][side] + both[1][side])
