@@ -238,6 +238,15 @@ def train(
     layers: Annotated[
         Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)
     ] = None,
+    size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="fixed: the default shape below; auto: measure this device's speed for a few seconds, then choose "
+            "the layers, width, batch shape and learning rate for the corpus size and the budget (one line says "
+            "what and why); --layers, --hidden, --batch-size, --seq-len and --lr given still win." + _default(_T.size),
+            show_default=False,
+        ),
+    ] = None,
     hidden: Annotated[
         Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)
     ] = None,
