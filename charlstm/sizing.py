@@ -30,6 +30,9 @@ WIDE_ENOUGH = 768  # a second layer only once one layer is this wide (on CPU, 2 
 CHOSEN_FIELDS = ("layers", "hidden", "batch_size", "seq_len", "lr")  # what auto chooses (an explicit flag wins)
 # schedule settings of the recipe (each a TrainConfig field; an explicit flag wins)
 RECIPE_SCHEDULE: dict[str, float] = {}
+# periodic validations (and the saves after them) in a run: each costs about a second on a 2-core CPU, which at
+# the default --eval-every of 250 steps is ~10% of a 100 s run; fewer leave that time to training
+VALIDATIONS_PER_RUN = 5
 OVERHEAD_SHARE = 0.1  # the share of a time budget that validations, saves and start-up take (measured: ~10 s of 100)
 
 
@@ -56,7 +59,7 @@ class SizeChoice:
     params: int
     chars_per_second: float | None  # expected, for a time budget
     passes: float  # how many times the budget covers the training text
-    schedule: dict[str, float]  # TrainConfig schedule fields of the recipe
+    schedule: dict[str, float]  # TrainConfig fields of the recipe (schedule, validation cadence)
     reason: str  # the one line that says what was chosen and why
 
 
@@ -158,8 +161,16 @@ def choose_size(
         chars_per_second=speed,
         passes=passes if math.isfinite(passes) else math.inf,
         reason=reason,
-        schedule=dict(RECIPE_SCHEDULE),
+        schedule={**RECIPE_SCHEDULE, "eval_every": eval_cadence(seen / (batch * seq_len))},
     )
+
+
+def eval_cadence(steps: float) -> int:
+    """--eval-every for a run of about `steps` steps: VALIDATIONS_PER_RUN of them, never more often than the
+    default, in round hundreds."""
+    if not math.isfinite(steps):
+        return TrainConfig.eval_every
+    return max(TrainConfig.eval_every, int(steps / VALIDATIONS_PER_RUN) // 100 * 100)
 
 
 def _budget_words(config: TrainConfig, speed: float | None) -> str:

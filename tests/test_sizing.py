@@ -154,3 +154,10 @@ def test_a_time_budget_measures_the_device(tmp_path):
     note = next(line for line in result.output.splitlines() if "--size auto:" in line)
     assert "4s at ~" in note and "chars/s" in note and "speed measured in" in note
     assert run_json(tmp_path / "run")["elapsed_seconds"] < 6
+
+
+def test_validations_are_spread_over_the_run():
+    short = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=300), None)
+    long = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=30_000), None)
+    assert short.schedule["eval_every"] == TrainConfig.eval_every  # never more often than the default
+    assert long.schedule["eval_every"] == 30_000 // sizing.VALIDATIONS_PER_RUN
