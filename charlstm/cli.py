@@ -241,9 +241,10 @@ def train(
     size: Annotated[
         Optional[str],
         typer.Option(
-            help="fixed: the default shape below; auto: measure this device's speed for a few seconds, then choose "
-            "the layers, width, batch shape and learning rate for the corpus size and the budget (one line says "
-            "what and why); --layers, --hidden, --batch-size, --seq-len and --lr given still win." + _default(_T.size),
+            help="fixed: the default shape below; auto: measure this device's speed (about a second), then choose "
+            "the layers, width, learning rate and validation cadence for the corpus size and the budget (one line "
+            "says what and why); --layers, --hidden, --batch-size, --seq-len, --lr and --eval-every given win."
+            + _default(_T.size),
             show_default=False,
         ),
     ] = None,
