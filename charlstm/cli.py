@@ -241,7 +241,7 @@ def train(
     size: Annotated[
         Optional[str],
         typer.Option(
-            help="fixed: the default shape below; auto: measure this device's speed (about a second), then choose "
+            help="fixed: the default shape below; auto: measure this device's speed (a second or two), then choose "
             "the layers, width, learning rate and validation cadence for the corpus size and the budget (one line "
             "says what and why); --layers, --hidden, --batch-size, --seq-len, --lr and --eval-every given win."
             + _default(_T.size),

@@ -115,6 +115,9 @@ def test_auto_chooses_says_why_and_records_it(tmp_path):
     assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}:" in notes[0]
     # a 6,000-character corpus: the smallest shape, whatever the budget
     assert (model["layers"], model["hidden"]) == (1, sizing.MIN_HIDDEN)
+    info = invoke("info", tmp_path / "run")
+    assert_ok(info)
+    assert "--size auto: " in info.output and "size" in info.output
 
 
 def test_explicit_flags_win_and_resume_keeps_the_choice(tmp_path):
