@@ -99,6 +99,7 @@ TRAIN_REFUSALS = [
     (dict(max_time=-5.0), "max_time must be > 0, got -5.0"),
     (dict(device="tpu"), "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
     (dict(precision="fp8"), "precision must be one of auto, fp32, bf16, got 'fp8'"),
+    (dict(size="huge"), "size must be one of fixed, auto, got 'huge'"),
 ]
 
 
@@ -145,6 +146,7 @@ def test_every_checked_field_has_a_refusal_here():
         "encoding",
         "prime",
         "stop",
+        "size_choice",  # free text: what --size auto chose
     }
     every = {f for cls in (ModelConfig, TrainConfig, SampleConfig) for f in asdict(cls())}
     assert every - unchecked == covered
