@@ -243,8 +243,8 @@ def train(
         typer.Option(
             help="fixed: the default shape below; auto: measure this device's speed (a second or two), then choose "
             "the layers, width, learning rate and validation cadence for the corpus size and the budget (one line "
-            "says what and why); --layers, --hidden, --batch-size, --seq-len, --lr and --eval-every given win."
-            + _default(_T.size),
+            "says what and why), Xavier init; --layers, --hidden, --batch-size, --seq-len, --lr, --init and "
+            "--eval-every given win." + _default(_T.size),
             show_default=False,
         ),
     ] = None,

@@ -153,7 +153,7 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
         )
         text = f"--size auto: {choice.reason}{calibrated}"
         emit("note", {"text": text})
-        model_config = replace(model_config, layers=choice.layers, hidden=choice.hidden)
+        model_config = replace(model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init)
         train_config = replace(
             train_config,
             batch_size=choice.batch_size,

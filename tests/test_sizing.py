@@ -83,7 +83,7 @@ def test_given_values_are_kept():
     fixed = {"hidden": 200, "layers": 2, "lr": 1e-3, "batch_size": 8, "seq_len": 64}
     choice = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600), CPU, fixed=fixed)
     assert (choice.hidden, choice.layers, choice.lr, choice.batch_size, choice.seq_len) == (200, 2, 1e-3, 8, 64)
-    assert "--layers, --hidden, --batch-size, --seq-len, --lr given" in choice.reason
+    assert "--layers, --hidden, --batch-size, --seq-len, --lr given" in choice.reason and choice.init == "xavier"
     only_layers = choose_size(50_000_000, VOCAB, TrainConfig(max_time=600), CPU, fixed={"layers": 2})
     assert only_layers.layers == 2
 
@@ -112,7 +112,8 @@ def test_auto_chooses_says_why_and_records_it(tmp_path):
     model, train = summary["model_config"], summary["train_config"]
     assert summary["size"] == "auto" and summary["size_choice"] in notes[0]
     assert f"{model['layers']} x {model['hidden']} LSTM, " in notes[0]
-    assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}:" in notes[0]
+    assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}, xavier init:" in notes[0]
+    assert model["init"] == sizing.RECIPE_INIT
     # a 6,000-character corpus: the smallest shape, whatever the budget
     assert (model["layers"], model["hidden"]) == (1, sizing.MIN_HIDDEN)
     info = invoke("info", tmp_path / "run")
@@ -124,11 +125,13 @@ def test_explicit_flags_win_and_resume_keeps_the_choice(tmp_path):
     corpus = write_corpus(tmp_path, 6000)
     run = tmp_path / "run"
     flags = ["--size", "auto", "--hidden", 40, "--lr", "0.004", "--batch-size", 4, "--seq-len", 16, "--embed", 8]
+    flags += ["--init", "default"]
     assert_ok(invoke("train", corpus, *flags, "--max-steps", 2, "--out", run, "-q"))
     first = run_json(run)
     assert first["model_config"]["hidden"] == 40 and first["train_config"]["lr"] == 0.004
+    assert first["model_config"]["init"] == "default"
     assert (first["train_config"]["batch_size"], first["train_config"]["seq_len"]) == (4, 16)
-    assert "--hidden, --batch-size, --seq-len, --lr given" in first["size_choice"]
+    assert "--hidden, --batch-size, --seq-len, --lr, --init given" in first["size_choice"]
     result = invoke("train", "--resume", "--out", run, "--max-steps", 4, "--size", "fixed")
     assert_ok(result)
     assert "--size fixed differs from the checkpoint's auto; using auto" in result.output
