@@ -251,6 +251,16 @@ def train(
     layers: Annotated[
         Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)
     ] = None,
+    size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="fixed: the default shape below; auto: measure this device's speed (a second or two), then choose "
+            "the layers, width, learning rate and validation cadence for the corpus size and the budget (one line "
+            "says what and why), Xavier init; --layers, --hidden, --batch-size, --seq-len, --lr, --init and "
+            "--eval-every given win." + _default(_T.size),
+            show_default=False,
+        ),
+    ] = None,
     hidden: Annotated[
         Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)
     ] = None,

@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
 RECORD_MODES = ("auto", "file", "paragraph", "none")
+SIZES = ("fixed", "auto")  # --size: the defaults below, or a shape chosen for the corpus and budget (sizing.py)
 
 
 class InvalidValue(CharlstmError):
@@ -125,11 +126,15 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False  # torch.compile the loss (fp32 cast, log-softmax, NLL; slow to start; GPU mainly)
     encoding: str = "utf-8"
+    size: str = "fixed"  # fixed | auto: auto chooses the shape and learning rate for the corpus and budget
+    size_choice: str | None = None  # what --size auto chose and why (set by the run, recorded for resume)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        if self.size not in SIZES:
+            raise InvalidValue("size", f"must be one of {', '.join(SIZES)}, got {self.size!r}")
         _positive("batch_size", self.batch_size)
         _positive("seq_len", self.seq_len)
         _positive("eval_every", self.eval_every)

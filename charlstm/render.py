@@ -133,6 +133,8 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     if data.get("params") is not None:
         rows.append(("  parameters", f"{data['params']:,}"))
     train = data.get("train_config") or {}
+    if train.get("size") == "auto":  # the shape was chosen by --size auto: what and why
+        rows.append(("  size", str(train.get("size_choice") or "auto")))
     budget = []
     for key, flag in (("max_steps", "--max-steps"), ("epochs", "--epochs"), ("max_time", "--max-time")):
         if train.get(key):

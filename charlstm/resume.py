@@ -18,8 +18,9 @@ from .model import CharRNN, State, state_from_list
 from .schedule import BUDGET_FIELDS, Progress
 from .streams import Streams
 
-# Flags that fix the data layout and the architecture: on resume the checkpoint's values win.
-LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding")
+# Flags that fix the data layout and the architecture: on resume the checkpoint's values win (--size too: the
+# shape it chose is the checkpoint's).
+LAYOUT_FIELDS = ("batch_size", "seq_len", "val_frac", "seed", "encoding", "size")
 ARCH_FIELDS = ("cell", "layers", "hidden", "embed", "dropout", "init", "forget_bias")
 
 

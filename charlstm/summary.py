@@ -47,6 +47,8 @@ def run_summary(
         "record_lengths": corpus.get("record_lengths"),
         "model_config": model_config,
         "train_config": train_config,
+        "size": train_config.get("size", "fixed"),  # --size: fixed, or auto (what it chose: size_choice)
+        "size_choice": train_config.get("size_choice"),
         "vocab_size": vocab_size,
         "params": params,
         "device": device,

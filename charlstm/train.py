@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import distributed, resume, rundir
+from . import distributed, resume, rundir, sizing
 from .config import CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, default_corpus, load_corpus
 from .device import pick_device
@@ -76,6 +77,7 @@ def train(
                 on_event=on_event,
                 clock_start=clock_start,
                 signals=signals,
+                size_for=_auto_size(explicit, emit) if train_config.size == "auto" else None,
             )
             result = trainer.train(should_stop=should_stop)
     except BaseException:
@@ -126,6 +128,43 @@ def _make_room(run_dir: Path, overwrite: bool, main: bool) -> None:
         )
     if main:
         rundir.clear_run(run_dir)
+
+
+def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[ModelConfig, TrainConfig]]:
+    """`--size auto` for a new run: once the corpus is read, measure this device's speed (a few seconds, part of
+    the budget) and choose the shape and learning rate for the corpus and budget (sizing.py); the flags the user
+    gave win. Says what it chose and why in one note, which run.json records (`size_choice`)."""
+
+    def size_for(
+        train_chars: int, vocab_size: int, model_config: ModelConfig, train_config: TrainConfig
+    ) -> tuple[ModelConfig, TrainConfig]:
+        device = pick_device(train_config.device)
+        given = {name: value for name, value in (*vars(model_config).items(), *vars(train_config).items())}
+        fixed = {name: given[name] for name in sizing.CHOSEN_FIELDS if name in explicit}
+        cost, calibrated = None, ""
+        if train_config.max_time:  # only a time budget needs the device's speed
+            batch, seq_len = sizing.recipe_batch(fixed)
+            cost, seconds = sizing.calibrate(
+                vocab_size, device, batch=batch, seq_len=seq_len, embed=model_config.embed, cell=model_config.cell
+            )
+            calibrated = f" (speed measured in {seconds:.1f}s)"
+        choice = sizing.choose_size(
+            train_chars, vocab_size, train_config, cost, embed=model_config.embed, cell=model_config.cell, fixed=fixed
+        )
+        text = f"--size auto: {choice.reason}{calibrated}"
+        emit("note", {"text": text})
+        model_config = replace(model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init)
+        train_config = replace(
+            train_config,
+            batch_size=choice.batch_size,
+            seq_len=choice.seq_len,
+            lr=choice.lr,
+            **{name: value for name, value in choice.schedule.items() if name not in explicit},
+            size_choice=text,
+        )
+        return model_config, train_config
+
+    return size_for
 
 
 def _ignore(kind: str, data: dict[str, Any]) -> None:

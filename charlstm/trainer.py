@@ -34,6 +34,8 @@ from .summary import TrainResult, chars_per_second, run_summary
 from .tokens import check_trainable, prepare_tokens
 from .vocab import Vocab
 
+# (train_chars, vocab_size, model_config, train_config) -> (model_config, train_config): see train.py's --size auto
+SizeFor = Callable[[int, int, ModelConfig, TrainConfig], tuple[ModelConfig, TrainConfig]]
 START_STATE_CONTEXT = 128  # characters read before each record start state (see _start_states)
 
 
@@ -49,13 +51,15 @@ class Trainer:
         on_event: EventSink | None = None,
         clock_start: float | None = None,
         signals: StopSignals | None = None,
+        size_for: SizeFor | None = None,
     ):
         """`resume_from`: a run directory or checkpoint (or one loaded already) to continue, whose directory the
         run then writes to; `explicit`: the config fields the user gave (on resume they replace the saved ones);
         `on_event(kind, data)` receives progress events (see progress.py); `clock_start` is when the command
         started (time.perf_counter()), so that --max-time counts reading the corpus too (default: now);
         `signals` are the run's signal handlers when installed already (by `train()`, before the corpus is
-        read); without them, `train()` installs its own."""
+        read); without them, `train()` installs its own. `size_for(train_chars, vocab_size, model_config,
+        train_config)`, for a new run, may replace both configs once the corpus is read (`--size auto`)."""
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
         self.session_base = 0.0  # the run's wall clock when this session's clock started
         self.own_signals = signals is None  # installed by train() below, for the loop only
@@ -85,6 +89,10 @@ class Trainer:
         vocab, train_ids, val_ids = self.data.vocab, self.data.train, self.data.val
         distinct = [c for c in vocab.chars if c] if saved_vocab is None else None  # a saved vocabulary says nothing
         check_trainable(len(self.data.ids), distinct, train_config.val_frac)
+        if size_for is not None and self.resume is None:
+            # every rank measures, and all take rank 0's choice: the ranks must build the same model
+            sized = size_for(len(train_ids), len(vocab), model_config, train_config)
+            model_config, train_config = self.dist.gather_objects(sized)[0]
         if len(val_ids) < max(2, self.dist.world_size + 1):
             processes = f" for {self.dist.world_size} processes" if self.dist.enabled else ""
             raise CharlstmError(

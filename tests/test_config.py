@@ -103,6 +103,7 @@ TRAIN_REFUSALS = [
     (dict(sample_length=0), "sample_length must be > 0, got 0"),
     (dict(sample_temp=-0.1), "sample_temp must be >= 0, got -0.1"),
     (dict(sample_temp=math.inf), "sample_temp must be >= 0, got inf"),
+    (dict(size="huge"), "size must be one of fixed, auto, got 'huge'"),
 ]
 
 
@@ -150,6 +151,7 @@ def test_every_checked_field_has_a_refusal_here():
         "prime",
         "stop",
         "sample_prime",  # checked against the corpus's vocabulary when training starts (test_train_samples.py)
+        "size_choice",  # free text: what --size auto chose
     }
     every = {f for cls in (ModelConfig, TrainConfig, SampleConfig) for f in asdict(cls())}
     assert every - unchecked == covered

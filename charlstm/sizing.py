@@ -1,0 +1,251 @@
+"""`--size auto`: the model shape (and learning rate) for a corpus, a budget and this device's measured speed.
+
+`choose_size` is a pure function: corpus size, budget and a speed model in, a `SizeChoice` out. `calibrate` is
+the measurement it needs: a few timed training steps of two widths on random characters, from which the cost of
+a step is fitted as a line in the parameter count.
+
+The rule: a model learns from the characters it sees, and on a fixed budget a larger model sees fewer of them.
+For a time budget the chooser takes the largest shape whose characters seen in the budget are at least
+`CHARS_PER_PARAM` times its parameter count, and no larger than `PARAMS_PER_CORPUS_CHAR` times the corpus
+(beyond that a model memorises rather than generalises: char-rnn's rule of thumb of parameters about the size
+of the corpus). `CHARS_PER_PARAM` was measured on Tiny Shakespeare at 100 s on a 2-core CPU, where 1 x 384 and
+1 x 512 LSTMs tie (see the README's "The best model for the budget")."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig, TrainConfig, format_duration
+from .model import CharRNN
+
+CHARS_PER_PARAM = 3.5  # characters seen per parameter at the chosen shape (measured at 100 s, see the docstring)
+PARAMS_PER_CORPUS_CHAR = 1.0  # at most this many parameters per character of training text
+MIN_HIDDEN, MAX_HIDDEN, HIDDEN_STEP = 64, 2048, 64
+MAX_LAYERS_AUTO = 3
+WIDE_ENOUGH = 768  # a second layer only once one layer is this wide (on CPU, 2 x 320 lost to 1 x 384 at 100 s)
+# the peak rate at the default width: over 2,600 steps of 1 x 384 on Tiny Shakespeare (about 100 s here), with the
+# default initialisation 7e-3 reached 1.485 against 5e-3's 1.492 and 1e-2's 1.495, but with Xavier's (the
+# recipe's) 5e-3 reached 1.471 and 7e-3 1.476 (benchmarks/size_recipe.py)
+RECIPE_LR = 5e-3
+# Xavier-Glorot initialisation: 2,600 steps of 1 x 384 on Tiny Shakespeare reached 1.471 against the default
+# initialisation's 1.492 (benchmarks/size_recipe.py)
+RECIPE_INIT = "xavier"
+CHOSEN_FIELDS = ("layers", "hidden", "batch_size", "seq_len", "lr", "init")  # what auto chooses (an explicit flag wins)
+# schedule settings of the recipe (each a TrainConfig field; an explicit flag wins)
+RECIPE_SCHEDULE: dict[str, float] = {}
+# periodic validations (and the saves after them) in a run: each costs about a second on a 2-core CPU, which at
+# the default --eval-every of 250 steps is ~10% of a 100 s run; fewer leave that time to training
+VALIDATIONS_PER_RUN = 5
+OVERHEAD_SHARE = 0.1  # the share of a time budget that validations, saves and start-up take (measured: ~10 s of 100)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per training step of `batch` x `seq_len` characters, as `fixed + per_param * params`."""
+
+    fixed: float
+    per_param: float
+    batch: int
+    seq_len: int
+
+    def chars_per_second(self, params: int) -> float:
+        return self.batch * self.seq_len / max(1e-9, self.fixed + self.per_param * params)
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    layers: int
+    hidden: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    init: str
+    params: int
+    chars_per_second: float | None  # expected, for a time budget
+    passes: float  # how many times the budget covers the training text
+    schedule: dict[str, float]  # TrainConfig fields of the recipe (schedule, validation cadence)
+    reason: str  # the one line that says what was chosen and why
+
+
+def count_params(layers: int, hidden: int, embed: int, vocab: int, cell: str = "lstm") -> int:
+    """Parameters of a CharRNN of this shape (embedding, recurrent stack with PyTorch's two bias vectors, head)."""
+    gates = {"gru": 3, "rnn": 1}.get(cell, 4)
+    recurrent = sum(gates * hidden * ((embed if i == 0 else hidden) + hidden + 2) for i in range(layers))
+    return vocab * embed + recurrent + hidden * vocab + vocab
+
+
+def recipe_batch(fixed: dict[str, int | float]) -> tuple[int, int]:
+    """The batch shape: the one given, else the default 32 x 32 (on a CPU, many small updates beat few large
+    ones: see TrainConfig)."""
+    return int(fixed.get("batch_size", TrainConfig.batch_size)), int(fixed.get("seq_len", TrainConfig.seq_len))
+
+
+def recipe_lr(hidden: int, layers: int) -> float:
+    """The peak learning rate for a shape: RECIPE_LR at 384 units, lower as the model widens (Adam's updates per
+    weight are about lr, and a weight's share of a unit's input falls as 1/width)."""
+    width = hidden * math.sqrt(layers)
+    return round(RECIPE_LR * min(1.0, math.sqrt(ModelConfig.hidden / width)), 5)
+
+
+def choose_size(
+    corpus_chars: int,
+    vocab: int,
+    train_config: TrainConfig,
+    cost: StepCost | None,
+    embed: int = ModelConfig.embed,
+    cell: str = "lstm",
+    fixed: dict[str, int | float] | None = None,
+) -> SizeChoice:
+    """The shape for `corpus_chars` characters of training text within the budget of `train_config` (its
+    --max-time, --max-steps and --epochs: whichever ends first), on a device whose step costs `cost` (measured
+    at the batch shape to use; needed for a time budget only). `fixed`: values the user gave (CHOSEN_FIELDS),
+    which the choice keeps."""
+    fixed = fixed or {}
+    batch, seq_len = recipe_batch(fixed)
+    if train_config.max_time and cost is None:
+        raise ValueError("a time budget needs the device's measured step cost")
+    corpus_chars = max(1, corpus_chars)
+    cap = PARAMS_PER_CORPUS_CHAR * corpus_chars
+
+    def chars_in_budget(params: int) -> float:
+        limits = []
+        if train_config.max_time:
+            limits.append(train_config.max_time * (1 - OVERHEAD_SHARE) * cost.chars_per_second(params))  # type: ignore[union-attr]
+        if train_config.max_steps:
+            limits.append(train_config.max_steps * batch * seq_len)
+        if train_config.epochs:
+            limits.append(train_config.epochs * corpus_chars)
+        return min(limits) if limits else math.inf
+
+    shapes = [
+        (layers, hidden)
+        for layers in range(1, MAX_LAYERS_AUTO + 1)
+        for hidden in range(MIN_HIDDEN, MAX_HIDDEN + 1, HIDDEN_STEP)
+        if (layers == 1 or hidden >= WIDE_ENOUGH or "layers" in fixed)
+        and fixed.get("layers", layers) == layers
+        and fixed.get("hidden", hidden) == hidden
+    ]
+    if not shapes:  # both given, or a width outside the grid
+        shapes = [(int(fixed.get("layers", 1)), int(fixed.get("hidden", MIN_HIDDEN)))]
+    best, stopped_by = shapes[0], "budget"
+    for layers, hidden in sorted(shapes, key=lambda s: count_params(*s, embed, vocab, cell)):
+        params = count_params(layers, hidden, embed, vocab, cell)
+        if params > cap:
+            stopped_by = "corpus"
+            break
+        if chars_in_budget(params) < CHARS_PER_PARAM * params:
+            break
+        best = (layers, hidden)
+    layers, hidden = best
+    params = count_params(layers, hidden, embed, vocab, cell)
+    seen = chars_in_budget(params)
+    speed = cost.chars_per_second(params) if cost is not None and train_config.max_time else None
+    passes = seen / corpus_chars
+    why = f"{_budget_words(train_config, speed)}"
+    why += (
+        f" covers the {_size_words(corpus_chars)}-character corpus ~{passes:.2g} times" if math.isfinite(seen) else ""
+    )
+    if stopped_by == "corpus":
+        why += "; a larger model would have more parameters than the corpus has characters"
+    lr = float(fixed.get("lr", recipe_lr(hidden, layers)))
+    init = str(fixed.get("init", RECIPE_INIT))
+    given = [f"--{name.replace('_', '-')}" for name in CHOSEN_FIELDS if name in fixed]
+    if given:
+        why += f" ({', '.join(given)} given)"
+    reason = (
+        f"{layers} x {hidden} {cell.upper()}, {_params_words(params)} params, batch {batch} x {seq_len}, "
+        f"lr {lr:g}, {init} init: {why}"
+    )
+    return SizeChoice(
+        layers=layers,
+        hidden=hidden,
+        batch_size=batch,
+        seq_len=seq_len,
+        lr=lr,
+        init=init,
+        params=params,
+        chars_per_second=speed,
+        passes=passes if math.isfinite(passes) else math.inf,
+        reason=reason,
+        schedule={**RECIPE_SCHEDULE, "eval_every": eval_cadence(seen / (batch * seq_len))},
+    )
+
+
+def eval_cadence(steps: float) -> int:
+    """--eval-every for a run of about `steps` steps: VALIDATIONS_PER_RUN of them, never more often than the
+    default, in round hundreds."""
+    if not math.isfinite(steps):
+        return TrainConfig.eval_every
+    return max(TrainConfig.eval_every, int(steps / VALIDATIONS_PER_RUN) // 100 * 100)
+
+
+def _budget_words(config: TrainConfig, speed: float | None) -> str:
+    parts = []
+    if config.max_time:
+        parts.append(f"{format_duration(config.max_time)} at ~{_size_words(speed or 0)} chars/s")
+    if config.max_steps:
+        parts.append(f"{config.max_steps:,} steps")
+    if config.epochs:
+        parts.append(f"{config.epochs:g} epochs")
+    return " or ".join(parts) or "the budget"
+
+
+def _size_words(n: float) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _params_words(n: int) -> str:
+    return f"{n / 1e6:.2g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def calibrate(
+    vocab: int,
+    device: torch.device,
+    batch: int = TrainConfig.batch_size,
+    seq_len: int = TrainConfig.seq_len,
+    embed: int = ModelConfig.embed,
+    cell: str = "lstm",
+    widths: tuple[int, int] = (256, 768),
+    steps: int = 6,
+    seconds_per_width: float = 1.0,
+) -> tuple[StepCost, float]:
+    """Time up to `steps` training steps (forward, backward, AdamW; at least 2, at most `seconds_per_width` of
+    them) of two widths on random characters and fit the cost of a step as a line in the parameter count, from
+    each width's fastest step: another process's burst slows some steps, not the device (on a machine shared with
+    a test suite, the median step once measured 673 chars/s where the run then trained at 159k). Returns the
+    cost and the seconds the calibration took."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(0)
+    points = []
+    for hidden in widths:
+        model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, hidden=hidden, embed=embed)).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ids = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)  # (B, T + 1)
+        timings: list[float] = []
+        width_started = time.perf_counter()
+        for _ in range(steps + 1):  # the first step warms up (allocations, kernels) and is not counted
+            if len(timings) >= 3 and time.perf_counter() - width_started > seconds_per_width:
+                break
+            begun = time.perf_counter()
+            logits, _ = model(ids[:, :-1])  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings.append(time.perf_counter() - begun)
+        points.append((model.num_params, min(timings[1:])))
+    (p0, t0), (p1, t1) = points
+    # a busy machine can time the wider model no slower than the narrow one: the cost of a step then still grows
+    # at least half as fast as in proportion to the parameters (the matrix products are most of it)
+    per_param = max((t1 - t0) / (p1 - p0), 0.5 * t1 / p1)
+    fixed = max(1e-6, t0 - per_param * p0)
+    return StepCost(fixed=fixed, per_param=per_param, batch=batch, seq_len=seq_len), time.perf_counter() - started

@@ -1,0 +1,169 @@
+"""--size auto: the chooser as a pure function (corpus size, budget, device speed -> shape), and the flag's
+plumbing through `charlstm train` (the note, explicit flags win, run.json, resume keeps the choice)."""
+
+import json
+
+import pytest
+import torch
+
+from charlstm import sizing
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.model import CharRNN
+from charlstm.sizing import StepCost, choose_size, count_params
+
+from .helpers import assert_ok, assert_one_error, invoke, write_corpus
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# a step of 32 x 32 characters costing 5 ms plus 40 ns per parameter: about this 2-core CPU (1 x 384: ~30k chars/s)
+CPU = StepCost(fixed=0.005, per_param=4e-8, batch=32, seq_len=32)
+SHAKESPEARE_CHARS, VOCAB = 1_003_000, 65
+
+
+def params_of(choice: sizing.SizeChoice) -> int:
+    return count_params(choice.layers, choice.hidden, ModelConfig.embed, VOCAB)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_count_params_is_the_models(cell, layers):
+    model = CharRNN(ModelConfig(vocab_size=VOCAB, cell=cell, layers=layers, hidden=48, embed=16))
+    assert count_params(layers, 48, 16, VOCAB, cell) == model.num_params
+
+
+def test_a_longer_budget_never_chooses_a_smaller_model():
+    sizes = [params_of(choose_size(50_000_000, VOCAB, TrainConfig(max_time=t), CPU)) for t in (30, 100, 600, 3600)]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
+
+
+def test_a_faster_device_chooses_a_larger_model():
+    fast = StepCost(fixed=CPU.fixed / 10, per_param=CPU.per_param / 10, batch=32, seq_len=32)
+    budget = TrainConfig(max_time=600)
+    slow_choice = choose_size(50_000_000, VOCAB, budget, CPU)
+    fast_choice = choose_size(50_000_000, VOCAB, budget, fast)
+    assert fast_choice.params > slow_choice.params
+    assert fast_choice.chars_per_second > 0 and slow_choice.chars_per_second > 0
+
+
+def test_the_chosen_model_sees_enough_characters_and_the_next_would_not():
+    choice = choose_size(50_000_000, VOCAB, TrainConfig(max_time=600), CPU)
+    seen = 600 * (1 - sizing.OVERHEAD_SHARE) * choice.chars_per_second
+    assert seen >= sizing.CHARS_PER_PARAM * choice.params
+    wider = count_params(choice.layers, choice.hidden + sizing.HIDDEN_STEP, ModelConfig.embed, VOCAB)
+    assert 600 * (1 - sizing.OVERHEAD_SHARE) * CPU.chars_per_second(wider) < sizing.CHARS_PER_PARAM * wider
+
+
+def test_a_small_corpus_caps_the_model_and_says_so():
+    big = choose_size(50_000_000, VOCAB, TrainConfig(max_time=3600), CPU)
+    small = choose_size(200_000, VOCAB, TrainConfig(max_time=3600), CPU)
+    assert small.params <= sizing.PARAMS_PER_CORPUS_CHAR * 200_000 < big.params
+    assert "more parameters than the corpus has characters" in small.reason
+
+
+def test_step_and_epoch_budgets_need_no_speed():
+    by_steps = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=3000), None)
+    assert by_steps.chars_per_second is None
+    assert by_steps.passes == pytest.approx(3000 * 32 * 32 / SHAKESPEARE_CHARS)
+    assert by_steps.params * sizing.CHARS_PER_PARAM <= 3000 * 32 * 32
+    by_epochs = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(epochs=2), None)
+    assert by_epochs.passes == pytest.approx(2)
+    assert "2 epochs" in by_epochs.reason and "3,000 steps" in by_steps.reason
+    with pytest.raises(ValueError):
+        choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=60), None)
+
+
+def test_the_reason_line_says_shape_params_speed_and_passes():
+    choice = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600), CPU)
+    assert choice.reason.startswith(f"{choice.layers} x {choice.hidden} LSTM, ")
+    assert "params" in choice.reason and "10m00s at ~" in choice.reason and "chars/s" in choice.reason
+    assert "1M-character corpus ~" in choice.reason
+
+
+def test_given_values_are_kept():
+    fixed = {"hidden": 200, "layers": 2, "lr": 1e-3, "batch_size": 8, "seq_len": 64}
+    choice = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600), CPU, fixed=fixed)
+    assert (choice.hidden, choice.layers, choice.lr, choice.batch_size, choice.seq_len) == (200, 2, 1e-3, 8, 64)
+    assert "--layers, --hidden, --batch-size, --seq-len, --lr given" in choice.reason and choice.init == "xavier"
+    only_layers = choose_size(50_000_000, VOCAB, TrainConfig(max_time=600), CPU, fixed={"layers": 2})
+    assert only_layers.layers == 2
+
+
+@pytest.mark.slow
+def test_calibration_measures_a_positive_cost():
+    cost, seconds = sizing.calibrate(VOCAB, torch.device("cpu"), batch=4, seq_len=8, widths=(16, 256), steps=2)
+    assert cost.per_param >= 0 and cost.fixed > 0 and seconds > 0
+    assert cost.chars_per_second(10_000) > cost.chars_per_second(10_000_000)
+
+
+# ------------------------------------------------------------------------------------ the flag, end to end
+
+
+def run_json(run_dir):
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def test_auto_chooses_says_why_and_records_it(tmp_path):
+    corpus = write_corpus(tmp_path, 6000)
+    result = invoke("train", corpus, "--size", "auto", "--max-steps", 3, "--out", tmp_path / "run")
+    assert_ok(result)
+    notes = [line for line in result.output.splitlines() if "--size auto:" in line]
+    assert len(notes) == 1 and "3 steps" in notes[0], result.output
+    summary = run_json(tmp_path / "run")
+    model, train = summary["model_config"], summary["train_config"]
+    assert summary["size"] == "auto" and summary["size_choice"] in notes[0]
+    assert f"{model['layers']} x {model['hidden']} LSTM, " in notes[0]
+    assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}, xavier init:" in notes[0]
+    assert model["init"] == sizing.RECIPE_INIT
+    # a 6,000-character corpus: the smallest shape, whatever the budget
+    assert (model["layers"], model["hidden"]) == (1, sizing.MIN_HIDDEN)
+    info = invoke("info", tmp_path / "run")
+    assert_ok(info)
+    assert "--size auto: " in info.output and "size" in info.output
+
+
+def test_explicit_flags_win_and_resume_keeps_the_choice(tmp_path):
+    corpus = write_corpus(tmp_path, 6000)
+    run = tmp_path / "run"
+    flags = ["--size", "auto", "--hidden", 40, "--lr", "0.004", "--batch-size", 4, "--seq-len", 16, "--embed", 8]
+    flags += ["--init", "default"]
+    assert_ok(invoke("train", corpus, *flags, "--max-steps", 2, "--out", run, "-q"))
+    first = run_json(run)
+    assert first["model_config"]["hidden"] == 40 and first["train_config"]["lr"] == 0.004
+    assert first["model_config"]["init"] == "default"
+    assert (first["train_config"]["batch_size"], first["train_config"]["seq_len"]) == (4, 16)
+    assert "--hidden, --batch-size, --seq-len, --lr, --init given" in first["size_choice"]
+    result = invoke("train", "--resume", "--out", run, "--max-steps", 4, "--size", "fixed")
+    assert_ok(result)
+    assert "--size fixed differs from the checkpoint's auto; using auto" in result.output
+    second = run_json(run)
+    assert second["step"] == 4 and second["size"] == "auto" and second["size_choice"] == first["size_choice"]
+    assert second["model_config"] == first["model_config"] and second["train_config"]["lr"] == 0.004
+
+
+def test_fixed_is_the_default_shape(tmp_path):
+    corpus = write_corpus(tmp_path, 6000)
+    assert_ok(invoke("train", corpus, "--max-steps", 1, "--embed", 8, "--out", tmp_path / "run", "-q"))
+    summary = run_json(tmp_path / "run")
+    assert summary["size"] == "fixed" and summary["size_choice"] is None
+    assert summary["model_config"]["hidden"] == ModelConfig.hidden
+
+
+def test_a_bad_size_is_one_line(tmp_path):
+    assert_one_error(invoke("train", write_corpus(tmp_path), "--size", "huge", "--max-steps", 1), "--size", "auto")
+
+
+@pytest.mark.slow
+def test_a_time_budget_measures_the_device(tmp_path):
+    corpus = write_corpus(tmp_path, 6000)
+    result = invoke("train", corpus, "--size", "auto", "--max-time", "4s", "--embed", 8, "--out", tmp_path / "run")
+    assert_ok(result)
+    note = next(line for line in result.output.splitlines() if "--size auto:" in line)
+    assert "4s at ~" in note and "chars/s" in note and "speed measured in" in note
+    assert run_json(tmp_path / "run")["elapsed_seconds"] < 6
+
+
+def test_validations_are_spread_over_the_run():
+    short = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=300), None)
+    long = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=30_000), None)
+    assert short.schedule["eval_every"] == TrainConfig.eval_every  # never more often than the default
+    assert long.schedule["eval_every"] == 30_000 // sizing.VALIDATIONS_PER_RUN
