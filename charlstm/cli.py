@@ -731,6 +731,8 @@ def sample(
             path = rundir.find_latest_run()
         loaded = load_model(path, pick_device(device))
         check_prime(loaded.vocab, config.prime)
+        if out_file is not None:
+            rundir.refuse_run_file(out_file, reading=loaded.path)  # before anything is generated
         err.print(
             render.sampling_header(loaded.path, loaded.payload.get("progress") or {}), markup=False, soft_wrap=True
         )

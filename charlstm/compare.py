@@ -20,6 +20,7 @@ from .config import CELLS, CorpusConfig, InvalidValue, ModelConfig, TrainConfig
 from .corpus import load_corpus
 from .errors import CharlstmError
 from .payload_checks import expected_weights
+from .progress import write_above
 from .tokens import scan_corpus
 from .train import train
 
@@ -248,10 +249,7 @@ class CompareProgress:
         self._make_bar = lambda: tqdm(total=1.0, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
 
     def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
+        write_above(self.bar, self.stream, text)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "run":

@@ -33,7 +33,6 @@ from . import rundir
 from .atomic import atomic_write
 from .config import SampleConfig
 from .errors import CharlstmError
-from .runlock import LOCK_NAME
 from .sample import LoadedModel, load_model, sample_text
 
 FORMATS = ("onnx", "torchscript", "html")
@@ -157,9 +156,7 @@ def _target(loaded: LoadedModel, fmt: str, out: Path | None) -> Path:
         name = loaded.path.parent.name if loaded.path.name in (rundir.BEST, rundir.LATEST) else loaded.path.stem
         out = loaded.path.parent / f"{name or 'model'}{SUFFIXES[fmt]}"
     for written in [out, sidecar_path(out)] if fmt == "onnx" else [out]:
-        own = written.name in (*rundir.RUN_FILES, LOCK_NAME) and rundir.is_run_dir(written.parent)
-        if own or (written.exists() and written.resolve() == loaded.path.resolve()):
-            raise CharlstmError(f"{written} is a file of the run itself; give --out another name")
+        rundir.refuse_run_file(written, reading=loaded.path)
     return out
 
 

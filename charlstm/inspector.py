@@ -128,6 +128,7 @@ def inspect_run(
         findings[feature] = rank_units(result.layers, feature_values(feature, text), feature)
     run_dir = run if run.is_dir() else loaded.path.parent
     page = Path(out) if out is not None else run_dir / "inspect.html"
+    rundir.refuse_run_file(page, reading=loaded.path)
     inspection = Inspection(page, text, min(primed, len(text)), total, loaded, result, findings, seed)
     write_page(inspection, rundir.read_metrics(run_dir) if rundir.is_run_dir(run_dir) else [])
     return inspection

@@ -32,6 +32,14 @@ from .config import format_duration
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
+def write_above(bar: tqdm | None, stream: TextIO, text: str) -> None:
+    """A line printed above a progress bar (which tqdm redraws under it), or plainly where there is none."""
+    if bar is not None:
+        bar.write(text, file=stream)
+    else:
+        print(text, file=stream, flush=True)
+
+
 def validation_line(row: dict[str, Any], improved: bool, final: bool = False) -> str:
     """step 250 · 256,000 chars · train 1.912 · val 1.874 ★ · 0m11s"""
     if final:
@@ -100,10 +108,7 @@ class ConsoleProgress:
 
     # the trainer's log lines (notes) go through here too, so that they print above the bar
     def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
+        write_above(self.bar, self.stream, text)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if self.quiet and kind in ("step", "phase", "validation", "sample"):

@@ -24,6 +24,7 @@ from .errors import CharlstmError
 DEFAULT_ROOT = Path("checkpoints")
 LATEST, BEST, RUN_JSON, METRICS = "latest.pt", "best.pt", "run.json", "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+LOCK_NAME = "train.lock"  # the run lock's file (charlstm/runlock.py)
 RUN_FILES = (LATEST, BEST, RUN_JSON, METRICS, SAMPLES)  # what a run directory holds (and nothing may overwrite)
 MAX_RUN_JSON_BYTES = 16 << 20  # run.json is a few KB; a larger one is not ours
 
@@ -202,3 +203,12 @@ def run_dir_of(path: Path) -> Path | None:
 
 def write_run_json(run_dir: Path, summary: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RUN_JSON, summary)
+
+
+def refuse_run_file(path: Path, reading: Path | None = None, flag: str = "--out") -> None:
+    """An output a command is about to write (export, samples, a page) must not be a file of a run (a
+    checkpoint, run.json, metrics, samples, the lock) nor the checkpoint it reads: one clear error instead."""
+    path = Path(path)
+    own = path.name in (*RUN_FILES, LOCK_NAME) and is_run_dir(path.parent)
+    if own or (reading is not None and path.exists() and path.resolve() == Path(reading).resolve()):
+        raise CharlstmError(f"{path} is a file of the run itself; give {flag} another name")

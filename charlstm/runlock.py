@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CharlstmError
-from .rundir import make_run_dir
+from .rundir import LOCK_NAME, make_run_dir
 
-LOCK_NAME = "train.lock"
 HOLDER_WAIT_SECONDS = 0.5  # a holder writes its details just after locking: how long to wait for them
 _MAX_SHOWN = 160  # characters of a holder's command line shown
 

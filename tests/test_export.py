@@ -473,3 +473,14 @@ def test_an_export_never_overwrites_a_file_of_the_run(runs, tmp_path):
     loose.write_bytes(before)
     assert_one_error(invoke("export", loose, "--format", "html", "--out", loose), "model.pt", "--out")
     assert loose.read_bytes() == before
+
+
+def test_sample_and_inspect_never_write_over_a_file_of_the_run(runs, tmp_path):
+    """The same guard as export's (rundir.refuse_run_file) for `sample --out` and `inspect --out`."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "best.pt").write_bytes((runs["lstm"] / "best.pt").read_bytes())
+    before = (run / "best.pt").read_bytes()
+    assert_one_error(invoke("sample", run, "-N", "2", "--length", "5", "--out", run / "best.pt"), "best.pt", "--out")
+    assert_one_error(invoke("inspect", run, "--prime", "ROMEO", "--length", "5", "--out", run / "best.pt"), "--out")
+    assert (run / "best.pt").read_bytes() == before
