@@ -1,4 +1,5 @@
-"""`--size fixed` (the default 1 x 384 recipe) against `--size auto`, back to back at one budget on one corpus.
+"""`--size fixed` (the 1 x 384 fp32 recipe, the default before auto) against `--size auto` (the default),
+back to back at one budget on one corpus.
 
 Each pair trains through the real CLI (`--max-time` is the run's whole wall clock: start-up, calibration,
 validations and saves included) and the final validation loss (the whole split, or the final evaluation's slice

@@ -63,6 +63,11 @@ def _default(value) -> str:
     return f" (default: {value})"
 
 
+def _sized(value) -> str:
+    """The default of a value that --size auto chooses."""
+    return f" (default: chosen by --size auto; {value} with --size fixed)"
+
+
 FLAGS = {"text_field": "--field", "temperature": "--temp"}  # config fields whose flag is not --field-name
 
 
@@ -236,7 +241,7 @@ def train(
         Optional[str],
         typer.Option(
             help="Weight initialisation: default (PyTorch's uniform +-1/sqrt(hidden)) or xavier (Xavier-Glorot per "
-            "gate matrix, zero biases)." + _default(_M.init),
+            "gate matrix, zero biases)." + _sized(_M.init),
             show_default=False,
         ),
     ] = None,
@@ -249,20 +254,21 @@ def train(
         ),
     ] = None,
     layers: Annotated[
-        Optional[int], typer.Option(help="Stacked recurrent layers." + _default(_M.layers), show_default=False)
+        Optional[int], typer.Option(help="Stacked recurrent layers." + _sized(_M.layers), show_default=False)
     ] = None,
     size: Annotated[
         Optional[str],
         typer.Option(
-            help="fixed: the default shape below; auto: measure this device's speed (a second or two), then choose "
-            "the layers, width, learning rate and validation cadence for the corpus size and the budget (one line "
-            "says what and why), Xavier init; --layers, --hidden, --batch-size, --seq-len, --lr, --init and "
-            "--eval-every given win." + _default(_T.size),
+            help="auto: measure this device's speed (a second or two), then choose the layers, width, learning "
+            "rate and validation cadence for the corpus size and the budget (one line says what and why), Xavier "
+            "init, and bf16 on a CPU with bf16 instructions; --layers, --hidden, --batch-size, --seq-len, --lr, "
+            "--init, --eval-every and --precision given win. fixed: the defaults shown below, fp32 on a CPU."
+            + _default(_T.size),
             show_default=False,
         ),
     ] = None,
     hidden: Annotated[
-        Optional[int], typer.Option(help="Units per layer." + _default(_M.hidden), show_default=False)
+        Optional[int], typer.Option(help="Units per layer." + _sized(_M.hidden), show_default=False)
     ] = None,
     embed: Annotated[
         Optional[int], typer.Option(help="Character embedding width." + _default(_M.embed), show_default=False)
@@ -274,18 +280,16 @@ def train(
         ),
     ] = None,
     batch_size: Annotated[
-        Optional[int], typer.Option(help="Parallel streams per step." + _default(_T.batch_size), show_default=False)
+        Optional[int], typer.Option(help="Parallel streams per step." + _sized(_T.batch_size), show_default=False)
     ] = None,
     seq_len: Annotated[
         Optional[int],
-        typer.Option(
-            help="Characters per stream per step (the BPTT length)." + _default(_T.seq_len), show_default=False
-        ),
+        typer.Option(help="Characters per stream per step (the BPTT length)." + _sized(_T.seq_len), show_default=False),
     ] = None,
     lr: Annotated[
         Optional[float],
         typer.Option(
-            help="Peak learning rate (linear warm-up, then cosine decay over the budget)." + _default(_T.lr),
+            help="Peak learning rate (linear warm-up, then cosine decay over the budget)." + _sized(_T.lr),
             show_default=False,
         ),
     ] = None,
@@ -317,7 +321,7 @@ def train(
     eval_every: Annotated[
         Optional[int],
         typer.Option(
-            help="Validate (and save) every this many steps, and at the end." + _default(_T.eval_every),
+            help="Validate (and save) every this many steps, and at the end." + _sized(_T.eval_every),
             show_default=False,
         ),
     ] = None,
@@ -390,7 +394,8 @@ def train(
     precision: Annotated[
         Optional[str],
         typer.Option(
-            help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, fp32 elsewhere)." + _default(_T.precision),
+            help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, and with --size auto on a CPU with bf16 instructions; fp32 "
+            "elsewhere)." + _default(_T.precision),
             show_default=False,
         ),
     ] = None,

@@ -20,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
 RECORD_MODES = ("auto", "file", "paragraph", "none")
-SIZES = ("fixed", "auto")  # --size: the defaults below, or a shape chosen for the corpus and budget (sizing.py)
+SIZES = ("auto", "fixed")  # --size: a shape chosen for the corpus and budget (sizing.py), or the defaults below
 
 
 class InvalidValue(CharlstmError):
@@ -126,7 +126,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False  # torch.compile the loss (fp32 cast, log-softmax, NLL; slow to start; GPU mainly)
     encoding: str = "utf-8"
-    size: str = "fixed"  # fixed | auto: auto chooses the shape and learning rate for the corpus and budget
+    size: str = "auto"  # auto | fixed: auto chooses the shape and learning rate for the corpus and budget
     size_choice: str | None = None  # what --size auto chose and why (set by the run, recorded for resume)
 
     def __post_init__(self) -> None:

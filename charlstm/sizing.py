@@ -9,7 +9,10 @@ For a time budget the chooser takes the largest shape whose characters seen in t
 `CHARS_PER_PARAM` times its parameter count, and no larger than `PARAMS_PER_CORPUS_CHAR` times the corpus
 (beyond that a model memorises rather than generalises: char-rnn's rule of thumb of parameters about the size
 of the corpus). `CHARS_PER_PARAM` was measured on Tiny Shakespeare at 100 s on a 2-core CPU, where 1 x 384 and
-1 x 512 LSTMs tie (see the README's "The best model for the budget")."""
+1 x 512 LSTMs tie (see the README's "The best model for the budget").
+
+The precision is chosen beside the shape (train.py): on a CPU with bf16 instructions auto trains in bf16 autocast,
+and the calibration times steps in the precision the run will use."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import ModelConfig, TrainConfig, format_duration
+from .device import autocast
 from .model import CharRNN
 
 CHARS_PER_PARAM = 3.5  # characters seen per parameter at the chosen shape (measured at 100 s, see the docstring)
@@ -41,6 +45,9 @@ RECIPE_SCHEDULE: dict[str, float] = {}
 # the default --eval-every of 250 steps is ~10% of a 100 s run; fewer leave that time to training
 VALIDATIONS_PER_RUN = 5
 OVERHEAD_SHARE = 0.1  # the share of a time budget that validations, saves and start-up take (measured: ~10 s of 100)
+
+
+WARMUP_STEPS = 2  # calibration steps of each width that are not timed
 
 
 @dataclass(frozen=True)
@@ -215,9 +222,10 @@ def calibrate(
     widths: tuple[int, int] = (256, 768),
     steps: int = 6,
     seconds_per_width: float = 1.0,
+    amp: torch.dtype | None = None,
 ) -> tuple[StepCost, float]:
     """Time up to `steps` training steps (forward, backward, AdamW; at least 2, at most `seconds_per_width` of
-    them) of two widths on random characters and fit the cost of a step as a line in the parameter count, from
+    them; in `amp` autocast if given) of two widths on random characters and fit the cost of a step as a line in the parameter count, from
     each width's fastest step: another process's burst slows some steps, not the device (on a machine shared with
     a test suite, the median step once measured 673 chars/s where the run then trained at 159k). Returns the
     cost and the seconds the calibration took."""
@@ -226,15 +234,17 @@ def calibrate(
     points = []
     for hidden in widths:
         model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, hidden=hidden, embed=embed)).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        # the trainer's optimiser (fused AdamW: on a CPU the unfused one made a step ~30% slower than training's)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         ids = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)  # (B, T + 1)
         timings: list[float] = []
         width_started = time.perf_counter()
-        for _ in range(steps + 1):  # the first step warms up (allocations, kernels) and is not counted
-            if len(timings) >= 3 and time.perf_counter() - width_started > seconds_per_width:
+        for _ in range(steps + WARMUP_STEPS):  # the first steps warm up (allocations, kernels, bf16 weight copies)
+            if len(timings) >= WARMUP_STEPS + 2 and time.perf_counter() - width_started > seconds_per_width:
                 break
             begun = time.perf_counter()
-            logits, _ = model(ids[:, :-1])  # (B, T, V)
+            with autocast(device, amp):
+                logits, _ = model(ids[:, :-1])  # (B, T, V)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,7 +252,7 @@ def calibrate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings.append(time.perf_counter() - begun)
-        points.append((model.num_params, min(timings[1:])))
+        points.append((model.num_params, min(timings[WARMUP_STEPS:])))
     (p0, t0), (p1, t1) = points
     # a busy machine can time the wider model no slower than the narrow one: the cost of a step then still grows
     # at least half as fast as in proportion to the parameters (the matrix products are most of it)

@@ -303,13 +303,15 @@ class Trainer:
     # -------------------------------------------------------------------------------- validation
 
     def _validate(self, chosen: validation.Slice) -> float | None:
-        """The loss over a slice of the validation split, or None when a signal cut it short."""
+        """The loss over a slice of the validation split, or None when a signal cut it short. Scored in fp32
+        whatever the training precision: the weights as saved, as sampling and `charlstm eval` read them (bf16
+        autocast moves the figure by a few thousandths of a nat/char)."""
         return validation.evaluate_slice(
             self.model,
             self.data.val,
             chosen,
             self.device,
-            self.amp,
+            None,
             self.dist,
             should_abort=lambda: self.signals.received is not None,
         )

@@ -103,7 +103,7 @@ TRAIN_REFUSALS = [
     (dict(sample_length=0), "sample_length must be > 0, got 0"),
     (dict(sample_temp=-0.1), "sample_temp must be >= 0, got -0.1"),
     (dict(sample_temp=math.inf), "sample_temp must be >= 0, got inf"),
-    (dict(size="huge"), "size must be one of fixed, auto, got 'huge'"),
+    (dict(size="huge"), "size must be one of auto, fixed, got 'huge'"),
 ]
 
 

@@ -6,8 +6,11 @@ import json
 import pytest
 import torch
 
+import charlstm.train as train_module
 from charlstm import sizing
 from charlstm.config import ModelConfig, TrainConfig
+from charlstm.device import check_autocast
+from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
 from charlstm.sizing import StepCost, choose_size, count_params
 
@@ -140,12 +143,49 @@ def test_explicit_flags_win_and_resume_keeps_the_choice(tmp_path):
     assert second["model_config"] == first["model_config"] and second["train_config"]["lr"] == 0.004
 
 
-def test_fixed_is_the_default_shape(tmp_path):
+def test_auto_is_the_default_and_fixed_is_the_default_shape(tmp_path):
     corpus = write_corpus(tmp_path, 6000)
-    assert_ok(invoke("train", corpus, "--max-steps", 1, "--embed", 8, "--out", tmp_path / "run", "-q"))
+    result = invoke("train", corpus, "--max-steps", 1, "--embed", 8, "--out", tmp_path / "auto")
+    assert_ok(result)
+    assert "--size auto:" in result.output
+    assert run_json(tmp_path / "auto")["size"] == "auto"
+    assert_ok(
+        invoke("train", corpus, "--size", "fixed", "--max-steps", 1, "--embed", 8, "--out", tmp_path / "run", "-q")
+    )
     summary = run_json(tmp_path / "run")
     assert summary["size"] == "fixed" and summary["size_choice"] is None
     assert summary["model_config"]["hidden"] == ModelConfig.hidden
+
+
+def bf16_lstm_runs_here() -> bool:
+    try:
+        check_autocast(torch.device("cpu"), torch.bfloat16)
+    except CharlstmError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not bf16_lstm_runs_here(), reason="this CPU cannot run an LSTM in bf16 at all")
+def test_auto_trains_in_bf16_on_a_cpu_with_bf16_instructions(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    corpus = write_corpus(tmp_path, 6000)
+    flags = ["--max-steps", 2, "--embed", 8, "--device", "cpu", "-q"]
+    result = invoke("train", corpus, *flags, "--out", tmp_path / "auto")
+    assert_ok(result)
+    summary = run_json(tmp_path / "auto")
+    assert summary["precision"] == "bf16" and summary["size_choice"].endswith(", bf16 on this CPU")
+    assert summary["train_config"]["precision"] == "bf16"  # what --resume goes on with
+    # the validation scores the saved fp32 weights: `charlstm eval` finds the figure training recorded
+    scored = invoke("eval", tmp_path / "auto" / "latest.pt", "--json")
+    assert_ok(scored)
+    assert json.loads(scored.output)["agrees"] is True, scored.output
+    # --precision given, or --size fixed: fp32
+    for extra, name in ((["--precision", "fp32"], "given"), (["--size", "fixed"], "fixed")):
+        assert_ok(invoke("train", corpus, *flags, *extra, "--out", tmp_path / name))
+        assert run_json(tmp_path / name)["precision"] == "fp32"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert_ok(invoke("train", corpus, *flags, "--out", tmp_path / "plain"))
+    assert run_json(tmp_path / "plain")["precision"] == "fp32"
 
 
 def test_a_bad_size_is_one_line(tmp_path):
