@@ -394,8 +394,8 @@ def train(
     precision: Annotated[
         Optional[str],
         typer.Option(
-            help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, and with --size auto on a CPU with bf16 instructions; fp32 "
-            "elsewhere)." + _default(_T.precision),
+            help="auto, fp32 or bf16 (auto: bf16 autocast on CUDA, and with --size auto on a CPU with bf16 "
+            "instructions; fp32 elsewhere)." + _default(_T.precision),
             show_default=False,
         ),
     ] = None,

@@ -224,11 +224,11 @@ def calibrate(
     seconds_per_width: float = 1.0,
     amp: torch.dtype | None = None,
 ) -> tuple[StepCost, float]:
-    """Time up to `steps` training steps (forward, backward, AdamW; at least 2, at most `seconds_per_width` of
-    them; in `amp` autocast if given) of two widths on random characters and fit the cost of a step as a line in the parameter count, from
-    each width's fastest step: another process's burst slows some steps, not the device (on a machine shared with
-    a test suite, the median step once measured 673 chars/s where the run then trained at 159k). Returns the
-    cost and the seconds the calibration took."""
+    """Time up to `steps` training steps (forward, backward, fused AdamW; at least 2, at most `seconds_per_width`
+    of them, after WARMUP_STEPS untimed ones; in `amp` autocast if given) of two widths on random characters and
+    fit the cost of a step as a line in the parameter count, from each width's fastest step: another process's
+    burst slows some steps, not the device (on a machine shared with a test suite, the median step once measured
+    673 chars/s where the run then trained at 159k). Returns the cost and the seconds the calibration took."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
     points = []
