@@ -41,8 +41,9 @@ def train(
     built-in one). `run_dir`: where a new run writes (default: checkpoints/<corpus name>); a run there already
     is refused unless `overwrite`. `resume_from`: a run directory or checkpoint, or "auto" (the run in `run_dir`,
     else in the corpus's default directory); a resumed run writes to its own directory. `explicit`: the config
-    fields the user gave (on resume they replace the saved ones). `should_stop(step)` may end the run early.
-    Progress, notes and signals go to `on_event(kind, data)` (see progress.py); nothing is printed.
+    fields the user gave (on resume they replace the saved ones; for `size="auto"`, the default, these and every
+    value that differs from its default are kept, and auto chooses the rest). `should_stop(step)` may end the
+    run early. Progress, notes and signals go to `on_event(kind, data)` (see progress.py); nothing is printed.
     `clock_start` (time.perf_counter()) is when --max-time starts counting (default: now)."""
     clock_start = time.perf_counter() if clock_start is None else clock_start
     main = distributed.is_main_process()
@@ -140,7 +141,11 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
     ) -> tuple[ModelConfig, TrainConfig]:
         device = pick_device(train_config.device)
         given = {name: value for name, value in (*vars(model_config).items(), *vars(train_config).items())}
-        fixed = {name: given[name] for name in sizing.CHOSEN_FIELDS if name in explicit}
+        # what the caller chose: the flags given, and (from Python, where nothing names them) every value that is
+        # not the default; auto chooses the rest
+        defaults = {**vars(ModelConfig()), **vars(TrainConfig())}
+        kept = set(explicit) | {name for name, value in given.items() if name in defaults and value != defaults[name]}
+        fixed = {name: given[name] for name in sizing.CHOSEN_FIELDS if name in kept}
         # on a CPU that multiplies bf16 in hardware, bf16 autocast: ~35% more characters a second here, which on
         # Tiny Shakespeare at 100 s bought about 0.01 nats/char (README, "The best model for the budget");
         # --precision given wins
@@ -175,7 +180,7 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
             seq_len=choice.seq_len,
             lr=choice.lr,
             precision=precision,
-            **{name: value for name, value in choice.schedule.items() if name not in explicit},
+            **{name: value for name, value in choice.schedule.items() if name not in kept},
             size_choice=text,
         )
         return model_config, train_config
