@@ -89,6 +89,11 @@ class Trainer:
         vocab, train_ids, val_ids = self.data.vocab, self.data.train, self.data.val
         distinct = [c for c in vocab.chars if c] if saved_vocab is None else None  # a saved vocabulary says nothing
         check_trainable(len(self.data.ids), distinct, train_config.val_frac)
+        unknown = vocab.unknown(train_config.sample_prime) if train_config.sample_every != 0 else []
+        if unknown:  # before --size auto measures anything
+            raise CharlstmError(
+                "--sample-prime has characters the corpus does not have: " + " ".join(repr(c) for c in unknown[:20])
+            )
         if size_for is not None and self.resume is None:
             # every rank measures, and all take rank 0's choice: the ranks must build the same model
             sized = size_for(len(train_ids), len(vocab), model_config, train_config)
@@ -104,11 +109,6 @@ class Trainer:
             train_config = replace(train_config, batch_size=batch, seq_len=seq_len)
         self.vocab = vocab
         self.corpus = corpus
-        unknown = vocab.unknown(train_config.sample_prime) if train_config.sample_every != 0 else []
-        if unknown:
-            raise CharlstmError(
-                "--sample-prime has characters the corpus does not have: " + " ".join(repr(c) for c in unknown[:20])
-            )
         self.start_states: tuple[int, list[torch.Tensor]] | None = None  # (step, states) of the last save, for samples
         self.sampled_at = -1  # the step of the last sample shown while training
         configure_backends(self.device)

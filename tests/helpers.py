@@ -161,13 +161,15 @@ def assert_ok(result) -> None:
 
 
 def assert_one_error(result, *fragments: str) -> str:
-    """Exit 1, exactly one line starting with `error:` holding every fragment (besides `note:` lines), and no
-    escaped exception. Returns the error line."""
+    """Exit 1, exactly one line starting with `error:` holding every fragment (besides notes: `note:` lines, and
+    the line that says what --size auto chose, printed before training starts), and no escaped exception.
+    Returns the error line."""
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    others = [line for line in result.output.splitlines() if line.strip() and not line.startswith(("error:", "note:"))]
+    notes = ("error:", "note:", "--size auto:")
+    others = [line for line in result.output.splitlines() if line.strip() and not line.startswith(notes)]
     assert len(errors) == 1 and not others, result.output
     for fragment in fragments:
         assert fragment in errors[0], result.output
