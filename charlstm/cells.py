@@ -154,15 +154,17 @@ class _RecurrentWeightGrads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, inputs, splits, *matrices):
-        ctx.inputs, ctx.splits = inputs, splits
+        ctx.inputs, ctx.splits, ctx.dtypes = inputs, splits, [m.dtype for m in matrices]
         return xp.view_as(xp)
 
     @staticmethod
     def backward(ctx, dxp):
         rows = dxp.reshape(-1, dxp.size(-1))  # (T*B, G*H)
+        # under autocast the inputs may be bf16 and dxp fp32 (backward runs outside autocast): fp32 products, then
+        # each gradient in its matrix's dtype
         grads = [
-            torch.cat(inputs).t().mm(block)  # (in, T*B) @ (T*B, out): the matrix's gradient, transposed like it
-            for inputs, block in zip(ctx.inputs, rows.split(ctx.splits, dim=1))
+            torch.cat(inputs).float().t().mm(block.float()).to(dtype)  # (in, T*B) @ (T*B, out), transposed like it
+            for inputs, block, dtype in zip(ctx.inputs, rows.split(ctx.splits, dim=1), ctx.dtypes)
         ]
         return (dxp, None, None, *grads)
 

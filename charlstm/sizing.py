@@ -159,7 +159,7 @@ def choose_size(
     if stopped_by == "corpus":
         why += "; a larger model would have more parameters than the corpus has characters"
     lr = float(fixed.get("lr", recipe_lr(hidden, layers)))
-    init = str(fixed.get("init", RECIPE_INIT))
+    init = str(fixed.get("init", RECIPE_INIT if cell == "lstm" else ModelConfig.init))  # measured on the LSTM only
     given = [f"--{name.replace('_', '-')}" for name in CHOSEN_FIELDS if name in fixed]
     if given:
         why += f" ({', '.join(given)} given)"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed, resume, rundir, sizing
-from .config import CorpusConfig, ModelConfig, TrainConfig
+from .config import FUSED_CELLS, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, default_corpus, load_corpus
 from .device import autocast_dtype, check_autocast, cpu_has_native_bf16, pick_device
 from .errors import CharlstmError
@@ -150,7 +150,8 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
         # Tiny Shakespeare at 100 s bought about 0.01 nats/char (README, "The best model for the budget");
         # --precision given wins
         precision = train_config.precision
-        if precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        # (the fused cells only: the speed-up is oneDNN's fused kernels; the custom cells' eager loops stay fp32)
+        if precision == "auto" and device.type == "cpu" and model_config.cell in FUSED_CELLS and cpu_has_native_bf16():
             precision = "bf16"
         amp = autocast_dtype(precision, device)
         check_autocast(device, amp)

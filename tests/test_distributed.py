@@ -30,14 +30,15 @@ from .helpers import TINY_RUN_FLAGS, TORCHRUN_TWO_TRAIN, child_env, invoke, tiny
 
 STEPS = 12
 # the same run through the CLI flags and through the config objects (helpers.tiny_model and tiny_train, on the
-# CPU); dropout 0: no randomness in training
-FLAGS = [*TINY_RUN_FLAGS, "--device", "cpu"]
+# CPU); dropout 0: no randomness in training; fp32 (which --size auto would otherwise choose only on a CPU without
+# bf16 instructions): in bf16 each rank's gradients round differently, so two ranks could not match one process
+FLAGS = [*TINY_RUN_FLAGS, "--device", "cpu", "--precision", "fp32"]
 TIMEOUT = 600  # generous: a loaded 2-core machine
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
 
 def tiny_train(**kw) -> TrainConfig:
-    return helpers.tiny_train(**{"device": "cpu", **kw})
+    return helpers.tiny_train(**{"device": "cpu", "precision": "fp32", **kw})
 
 
 @pytest.fixture(scope="module")

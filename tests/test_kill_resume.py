@@ -5,12 +5,14 @@ often in the middle of a save, and resumed each time; at the end the run must re
 the same weights as a run that was never interrupted.
 """
 
+import json
 import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,10 +67,13 @@ def resume_in_process(corpus: Path, run: Path):
     return result
 
 
-def reference_weights(corpus_text: str, tmp_path: Path) -> dict[str, torch.Tensor]:
-    """The same run, in-process and never interrupted."""
-    model = ModelConfig(hidden=16, embed=8)
-    config = TrainConfig(batch_size=4, seq_len=16, eval_every=25, max_steps=TARGET_STEPS, save_every=100)
+def reference_weights(corpus_text: str, tmp_path: Path, run: Path) -> dict[str, torch.Tensor]:
+    """The same run, in-process and never interrupted: the configs the run recorded (what --size auto chose, the
+    precision included), saving less often."""
+    recorded = json.loads((run / "run.json").read_text())
+    model = ModelConfig(**recorded["model_config"])
+    config = replace(TrainConfig(**recorded["train_config"]), save_every=100)
+    assert (model.hidden, config.max_steps) == (16, TARGET_STEPS)
     corpus = Corpus(text=corpus_text, name="corpus", sources=["memory"])
     Trainer(corpus, model, config, tmp_path / "reference").train()
     return ckpt.load_checkpoint(tmp_path / "reference" / rundir.LATEST)["model"]
@@ -116,7 +121,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_target(tmp_path):
     assert not list(run.glob(".*.tmp")), "temporary files of killed saves were not cleaned up"
     # every resume restarted from exactly the saved state: the weights are those of an uninterrupted run
     resumed = ckpt.load_checkpoint(run / rundir.LATEST)["model"]
-    expected = reference_weights(corpus.read_text(encoding="utf-8"), tmp_path)
+    expected = reference_weights(corpus.read_text(encoding="utf-8"), tmp_path, run)
     for name, tensor in expected.items():
         assert torch.allclose(resumed[name], tensor, atol=1e-5), name
     print(f"kills={kills} steps at kills={steps_seen} temp files left by kills={leftovers}")
