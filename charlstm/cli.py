@@ -261,9 +261,9 @@ def train(
         typer.Option(
             help="auto: measure this device's speed (a second or two), then choose the layers, width, learning "
             "rate and validation cadence for the corpus size and the budget (one line says what and why), Xavier "
-            "init, and bf16 on a CPU with bf16 instructions; --layers, --hidden, --batch-size, --seq-len, --lr, "
-            "--init, --eval-every and --precision given win. fixed: the defaults shown below, fp32 on a CPU."
-            + _default(_T.size),
+            "init, dropout when the budget covers the corpus 8 times or more, and bf16 on a CPU with bf16 "
+            "instructions; --layers, --hidden, --batch-size, --seq-len, --lr, --init, --dropout, --eval-every and "
+            "--precision given win. fixed: the defaults shown below, fp32 on a CPU." + _default(_T.size),
             show_default=False,
         ),
     ] = None,
@@ -276,7 +276,7 @@ def train(
     dropout: Annotated[
         Optional[float],
         typer.Option(
-            help="Dropout between layers and before the output, in [0, 1)." + _default(_M.dropout), show_default=False
+            help="Dropout between layers and before the output, in [0, 1)." + _sized(_M.dropout), show_default=False
         ),
     ] = None,
     batch_size: Annotated[

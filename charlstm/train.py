@@ -174,7 +174,9 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
         in_bf16 = ", bf16 on this CPU" if precision != train_config.precision else ""
         text = f"--size auto: {choice.reason}{calibrated}{in_bf16}"
         emit("note", {"text": text})
-        model_config = replace(model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init)
+        model_config = replace(
+            model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init, dropout=choice.dropout
+        )
         train_config = replace(
             train_config,
             batch_size=choice.batch_size,

@@ -207,3 +207,13 @@ def test_validations_are_spread_over_the_run():
     long = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=30_000), None)
     assert short.schedule["eval_every"] == TrainConfig.eval_every  # never more often than the default
     assert long.schedule["eval_every"] == 30_000 // sizing.VALIDATIONS_PER_RUN
+
+
+def test_dropout_once_the_budget_covers_the_corpus_many_times():
+    few = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=100.0), CPU)
+    many = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600.0), CPU)
+    assert few.passes < sizing.MANY_PASSES <= many.passes
+    assert few.dropout == 0.0 and "dropout" not in few.reason
+    assert many.dropout == sizing.RECIPE_DROPOUT and f"dropout {sizing.RECIPE_DROPOUT:g}" in many.reason
+    given = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600.0), CPU, fixed={"dropout": 0.05})
+    assert given.dropout == 0.05 and "--dropout given" in given.reason
