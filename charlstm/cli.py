@@ -261,9 +261,10 @@ def train(
         typer.Option(
             help="auto: measure this device's speed (a second or two), then choose the layers, width, learning "
             "rate and validation cadence for the corpus size and the budget (one line says what and why), Xavier "
-            "init, dropout when the budget covers the corpus 8 times or more, and bf16 on a CPU with bf16 "
-            "instructions; --layers, --hidden, --batch-size, --seq-len, --lr, --init, --dropout, --eval-every and "
-            "--precision given win. fixed: the defaults shown below, fp32 on a CPU." + _default(_T.size),
+            "init, weight decay 0.1, dropout when the budget covers the corpus 8 times or more, and bf16 on a CPU "
+            "with bf16 instructions; --layers, --hidden, --batch-size, --seq-len, --lr, --init, --dropout, "
+            "--weight-decay, --eval-every and --precision given win. fixed: the defaults shown below, fp32 on a CPU."
+            + _default(_T.size),
             show_default=False,
         ),
     ] = None,
@@ -294,7 +295,12 @@ def train(
         ),
     ] = None,
     weight_decay: Annotated[
-        Optional[float], typer.Option(help="AdamW weight decay." + _default(_T.weight_decay), show_default=False)
+        Optional[float],
+        typer.Option(
+            help="AdamW decoupled weight decay on the weight matrices (not the embedding or biases)."
+            + _sized(_T.weight_decay),
+            show_default=False,
+        ),
     ] = None,
     grad_clip: Annotated[
         Optional[float],

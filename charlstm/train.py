@@ -182,6 +182,7 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
             batch_size=choice.batch_size,
             seq_len=choice.seq_len,
             lr=choice.lr,
+            weight_decay=choice.weight_decay,
             precision=precision,
             **{name: value for name, value in choice.schedule.items() if name not in kept},
             size_choice=text,

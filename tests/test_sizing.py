@@ -115,8 +115,9 @@ def test_auto_chooses_says_why_and_records_it(tmp_path):
     model, train = summary["model_config"], summary["train_config"]
     assert summary["size"] == "auto" and summary["size_choice"] in notes[0]
     assert f"{model['layers']} x {model['hidden']} LSTM, " in notes[0]
-    assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}, xavier init:" in notes[0]
-    assert model["init"] == sizing.RECIPE_INIT
+    assert f"batch {train['batch_size']} x {train['seq_len']}, lr {train['lr']:g}, xavier init, " in notes[0]
+    assert f"weight decay {sizing.RECIPE_WEIGHT_DECAY:g}:" in notes[0]
+    assert model["init"] == sizing.RECIPE_INIT and train["weight_decay"] == sizing.RECIPE_WEIGHT_DECAY
     # a 6,000-character corpus: the smallest shape, whatever the budget
     assert (model["layers"], model["hidden"]) == (1, sizing.MIN_HIDDEN)
     info = invoke("info", tmp_path / "run")
@@ -135,6 +136,7 @@ def test_explicit_flags_win_and_resume_keeps_the_choice(tmp_path):
     assert first["model_config"]["init"] == "default"
     assert (first["train_config"]["batch_size"], first["train_config"]["seq_len"]) == (4, 16)
     assert "--hidden, --batch-size, --seq-len, --lr, --init given" in first["size_choice"]
+    assert first["train_config"]["weight_decay"] == sizing.RECIPE_WEIGHT_DECAY
     result = invoke("train", "--resume", "--out", run, "--max-steps", 4, "--size", "fixed")
     assert_ok(result)
     assert "--size fixed differs from the checkpoint's auto; using auto" in result.output
@@ -155,6 +157,7 @@ def test_auto_is_the_default_and_fixed_is_the_default_shape(tmp_path):
     summary = run_json(tmp_path / "run")
     assert summary["size"] == "fixed" and summary["size_choice"] is None
     assert summary["model_config"]["hidden"] == ModelConfig.hidden
+    assert summary["train_config"]["weight_decay"] == TrainConfig.weight_decay == 0.0
 
 
 def bf16_lstm_runs_here() -> bool:
@@ -217,3 +220,17 @@ def test_dropout_once_the_budget_covers_the_corpus_many_times():
     assert many.dropout == sizing.RECIPE_DROPOUT and f"dropout {sizing.RECIPE_DROPOUT:g}" in many.reason
     given = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=600.0), CPU, fixed={"dropout": 0.05})
     assert given.dropout == 0.05 and "--dropout given" in given.reason
+
+
+def test_weight_decay_unless_given(tmp_path):
+    choice = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=100.0), CPU)
+    assert choice.weight_decay == sizing.RECIPE_WEIGHT_DECAY > 0
+    assert f"weight decay {sizing.RECIPE_WEIGHT_DECAY:g}" in choice.reason
+    none = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_time=100.0), CPU, fixed={"weight_decay": 0.0})
+    assert none.weight_decay == 0.0 and "weight decay" not in none.reason and "--weight-decay given" in none.reason
+    # through the command line: the flag wins
+    corpus = write_corpus(tmp_path, 6000)
+    flags = ["--max-steps", 1, "--embed", 8, "--weight-decay", "0.02", "-q"]
+    assert_ok(invoke("train", corpus, *flags, "--out", tmp_path / "run"))
+    summary = run_json(tmp_path / "run")
+    assert summary["train_config"]["weight_decay"] == 0.02 and "--weight-decay given" in summary["size_choice"]
