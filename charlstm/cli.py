@@ -31,6 +31,7 @@ from .config import (
     parse_temperatures,
 )
 from .errors import CharlstmError, PeerFailedError
+from .signals import exit_status, stopping_signal
 from .summary import summary_of
 
 
@@ -208,9 +209,10 @@ def train(
     records: Annotated[
         Optional[str],
         typer.Option(
-            help="What one record is in plain text files: file, paragraph (blank-line separated) or none. "
-            "Each record ends with an end-of-record marker the model learns. (default: auto = file for a "
-            "directory, rows for CSV/JSONL, none for text files)",
+            help="What one record is in plain text files: file, paragraph (blank-line separated), none, or "
+            "sep:STRING (records separated by lines holding only STRING, e.g. sep:% for a fortune file). Each "
+            "record ends with an end-of-record marker the model learns. (default: auto = file for a directory, "
+            "rows for CSV/JSONL, none for text files: auto never splits a text file, give sep:% for fortunes)",
             show_default=False,
         ),
     ] = None,
@@ -327,7 +329,8 @@ def train(
     eval_every: Annotated[
         Optional[int],
         typer.Option(
-            help="Validate (and save) every this many steps, and at the end." + _sized(_T.eval_every),
+            help="Validate (and save) every this many steps, and at the end. (default: each time another "
+            "eighth of the budget is spent, so about 8 validations a run on any machine)",
             show_default=False,
         ),
     ] = None,
@@ -473,9 +476,9 @@ def train(
     except CharlstmError as exc:
         _fail(exc)
         return
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: nothing more is saved
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or a signal before training started: nothing more is saved
         err.print("Interrupted; nothing more was saved (the run's latest.pt, if any, holds the last save).")
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_status(getattr(exc, "signal", None))) from None
     finally:
         if console is not None:
             console.close()
@@ -486,8 +489,10 @@ def train(
         return
     err.print(render.train_summary(result))
     err.print(f"Sample with: charlstm sample {result.run_dir}")
-    if result.stopped_by.startswith("interrupt"):
+    stopped_by_signal = stopping_signal(result.stopped_by)
+    if stopped_by_signal is not None:  # saved; the exit status still says a signal stopped it (130, 143)
         err.print(render.interrupted(result), markup=False, soft_wrap=True)
+        raise typer.Exit(exit_status(stopped_by_signal))
 
 
 # ------------------------------------------------------------------------------------------ probe, compare
@@ -590,7 +595,10 @@ def compare(
     batch_size: Annotated[int, typer.Option(help="Parallel streams per step.")] = _T.batch_size,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step.")] = _T.seq_len,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _T.lr,
-    eval_every: Annotated[int, typer.Option(help="Validate every this many steps.")] = _T.eval_every,
+    eval_every: Annotated[
+        Optional[int],
+        typer.Option(help="Validate every this many steps. (default: each eighth of the budget)", show_default=False),
+    ] = _T.eval_every,
     seed: Annotated[int, typer.Option(help="The first seed.")] = _T.seed,
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Where the runs are kept: OUT/<cell>-seed<seed>/.")
@@ -628,6 +636,8 @@ def compare(
         if progress is not None:
             progress.close()
     out.print(result.to_json() if as_json else result.render(), markup=False, soft_wrap=True)
+    if result.interrupted:  # the finished runs are reported; the exit status says a signal stopped it (130, 143)
+        raise typer.Exit(exit_status(result.signal))
 
 
 # ----------------------------------------------------------------------------------------------- sample
@@ -847,8 +857,8 @@ def eval_command(
     records: Annotated[
         Optional[str],
         typer.Option(
-            help="What one record is in plain text files: file, paragraph or none. (default: the run's; a "
-            "record-trained run reads a text file as one record)",
+            help="What one record is in plain text files: file, paragraph, none or sep:STRING. (default: the "
+            "run's; a record-trained run reads a text file as one record)",
             show_default=False,
         ),
     ] = None,

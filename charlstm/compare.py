@@ -21,6 +21,7 @@ from .corpus import load_corpus
 from .errors import CharlstmError
 from .payload_checks import expected_weights
 from .progress import write_above
+from .signals import stopping_signal
 from .tokens import scan_corpus
 from .train import train
 
@@ -104,6 +105,7 @@ class CompareResult:
     config: CompareConfig
     runs: list[dict[str, Any]] = field(default_factory=list)  # cell, seed, run_dir, best_val_loss, params, ...
     interrupted: bool = False
+    signal: str | None = None  # the signal that interrupted it (SIGINT, SIGTERM)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per cell with finished runs: n, mean and 95% interval of the best validation loss, params,
@@ -211,11 +213,11 @@ def run_compare(
                 overwrite=True,
                 on_event=on_event,
             )
-        except KeyboardInterrupt:  # Ctrl-C while the run was setting up (nothing of it to save), or a second one
-            result.interrupted = True
+        except KeyboardInterrupt as exc:  # a signal while the run was setting up (nothing to save), or a second one
+            result.interrupted, result.signal = True, getattr(exc, "signal", None) or "SIGINT"
             break
         if outcome.stopped_by.startswith("interrupt"):  # stopped and saved where it was: left out of the table
-            result.interrupted = True
+            result.interrupted, result.signal = True, stopping_signal(outcome.stopped_by)
             break
         summary = outcome.summary
         result.runs.append(

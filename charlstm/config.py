@@ -19,7 +19,13 @@ DEFAULT_FORGET_BIAS = {"lstm": None, "peephole": 1.0, "pseudo": 1.0, "pseudo2": 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_TIME = 600.0  # seconds of training when no --max-steps/--epochs/--max-time is given
-RECORD_MODES = ("auto", "file", "paragraph", "none")
+# periodic validations in a run without --eval-every: one each time another 1/8 of the budget is spent (the last
+# is the final evaluation), so that every run draws a curve of about eight points on any machine, at least
+# MIN_STEPS_BETWEEN_VALIDATIONS steps apart (a short run gets fewer)
+VALIDATIONS_PER_RUN = 8
+MIN_STEPS_BETWEEN_VALIDATIONS = 10
+RECORD_MODES = ("auto", "file", "paragraph", "none")  # and sep:STRING (see record_separator)
+SEPARATOR_MODE = "sep:"  # --records sep:STRING: a record ends at a line that is STRING alone
 SIZES = ("auto", "fixed")  # --size: a shape chosen for the corpus and budget (sizing.py), or the defaults below
 
 
@@ -38,15 +44,34 @@ class CorpusConfig:
     paths: list[str] = field(default_factory=list)  # files and directories, in the order given
     globs: list[str] = field(default_factory=list)  # directory files to take, e.g. *.py (empty: every text file)
     text_field: str | None = None  # (--field) the CSV column / JSON Lines key holding the text
-    records: str = "auto"  # auto | file | paragraph | none: what one record is in plain text files
+    records: str = "auto"  # auto | file | paragraph | none | sep:STRING: what one record is in plain text files
     encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        if self.records not in RECORD_MODES:
-            raise InvalidValue("records", f"must be one of {', '.join(RECORD_MODES)}, got {self.records!r}")
+        if isinstance(self.records, str) and self.records.startswith(SEPARATOR_MODE):
+            record_separator(self.records)
+        elif self.records not in RECORD_MODES:
+            raise InvalidValue(
+                "records",
+                f"must be one of {', '.join(RECORD_MODES)}, or sep:STRING (a record ends at a line holding only "
+                f"STRING, e.g. sep:%), got {self.records!r}",
+            )
+
+
+def record_separator(records: str) -> str | None:
+    """The separator line of a `sep:STRING` record mode (STRING without surrounding whitespace, which a separator
+    line may have around it too); None for the other modes."""
+    if not records.startswith(SEPARATOR_MODE):
+        return None
+    separator = records[len(SEPARATOR_MODE) :].strip()
+    if not separator:
+        raise InvalidValue("records", "sep: needs the text of the separator line, e.g. sep:% for a fortune file")
+    if "\n" in separator or "\r" in separator:
+        raise InvalidValue("records", f"sep: takes one line's text, not several: {separator!r}")
+    return separator
 
 
 def is_lstm_like(cell: str) -> bool:
@@ -111,7 +136,7 @@ class TrainConfig:
     max_time: float | None = (
         None  # stop after this many seconds of the run's wall clock (validations and saves included)
     )
-    eval_every: int = 250  # steps between validations
+    eval_every: int | None = None  # steps between validations (None: VALIDATIONS_PER_RUN spread over the budget)
     eval_chars: int = 65_536  # characters a periodic validation scores (a fixed, seeded slice of the split)
     final_eval_chars: int = 524_288  # the final evaluation scores the whole split, or this many of it if larger
     sample_every: int | None = None  # steps between samples shown while training (None: at each validation; 0: never)
@@ -128,6 +153,8 @@ class TrainConfig:
     encoding: str = "utf-8"
     size: str = "auto"  # auto | fixed: auto chooses the shape and learning rate for the corpus and budget
     size_choice: str | None = None  # what --size auto chose and why (set by the run, recorded for resume)
+    planned_chars_per_second: float | None = None  # the training speed --size auto planned for (set by the run)
+    replanned: str | None = None  # what the run's check of its real speed changed (set by the run)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,7 +164,8 @@ class TrainConfig:
             raise InvalidValue("size", f"must be one of {', '.join(SIZES)}, got {self.size!r}")
         _positive("batch_size", self.batch_size)
         _positive("seq_len", self.seq_len)
-        _positive("eval_every", self.eval_every)
+        if self.eval_every is not None:
+            _positive("eval_every", self.eval_every)
         _positive("eval_chars", self.eval_chars)
         _positive("final_eval_chars", self.final_eval_chars)
         if self.sample_every is not None and self.sample_every < 0:
@@ -147,6 +175,12 @@ class TrainConfig:
             raise InvalidValue("sample_temp", f"must be >= 0, got {self.sample_temp}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidValue("lr", f"must be a positive number, got {self.lr}")
+        if self.planned_chars_per_second is not None and not (
+            self.planned_chars_per_second > 0 and math.isfinite(self.planned_chars_per_second)
+        ):
+            raise InvalidValue(
+                "planned_chars_per_second", f"must be a positive number, got {self.planned_chars_per_second}"
+            )
         if self.weight_decay < 0:
             raise InvalidValue("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.grad_clip < 0:

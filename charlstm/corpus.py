@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import CorpusConfig
+from .config import CorpusConfig, record_separator
 from .errors import CharlstmError
 from .tables import is_table, table_columns, table_texts
 from .textio import READ_CHUNK, read_text_chunks, text_kind
@@ -31,7 +32,7 @@ class Corpus:
 
     Either held in memory (`text`, or `records`), or read from `files` on demand, chunk by chunk, so that a
     corpus larger than memory is never held whole. In a record corpus (`is_records`) every record (a file,
-    a CSV/JSONL row, a paragraph) is followed by the end-of-record marker.
+    a CSV/JSONL row, a paragraph, the text between separator lines) is followed by the end-of-record marker.
     """
 
     text: str = ""
@@ -39,7 +40,7 @@ class Corpus:
     sources: list[str] = field(default_factory=list)
     records: list[str] | None = None  # in-memory records
     files: list[Path] = field(default_factory=list)  # read in this order
-    record_mode: str = "none"  # file | paragraph | none: what a record is in the plain text files
+    record_mode: str = "none"  # file | paragraph | none | sep:STRING: what a record is in the plain text files
     text_field: str | None = None  # the CSV column / JSONL key of table files
     tables: list[Path] = field(default_factory=list)  # the files given as CSV/TSV/JSONL (one record per row)
     encoding: str = "utf-8"
@@ -107,9 +108,61 @@ def split_paragraphs(chunks: Iterable[str]) -> Iterator[str]:
     yield from (p.strip("\n") for p in _PARAGRAPH_BREAK.split(held) if p.strip())
 
 
+def split_records(chunks: Iterable[str], separator: str) -> Iterator[tuple[str, bool]]:
+    """Records of text given in chunks, each ended by a line that is `separator` alone (whitespace around it on
+    that line aside), as (text, whether the record ends after it) pieces: the fortune format with `%`.
+
+    The separator lines belong to no record; as in paragraphs, a record's leading and trailing newlines are
+    dropped, and a record with nothing visible in it is left out. A record longer than READ_CHUNK characters comes
+    in several pieces, so memory stays flat whatever the separator."""
+    parts: list[str] = []  # the current record's text not given out yet
+    held = 0  # its length
+    started = False  # whether part of the current record was given out already
+    line = ""  # the line being read (its newline not read yet)
+    continued = False  # whether `line` continues a long line already in `parts` (so it is no separator)
+    for chunk in itertools.chain(chunks, [None]):
+        if chunk is None:  # the end: the last line, even without a newline
+            lines, line = [line], ""
+        else:
+            lines = (line + chunk).split("\n")
+            line = lines.pop()
+            lines = [f"{text}\n" for text in lines]
+        for i, text in enumerate(lines):
+            if text.strip() == separator and not (i == 0 and continued):
+                record = "".join(parts).rstrip("\n")
+                record = record if started else record.lstrip("\n")
+                if started or record.strip():
+                    yield record, True
+                parts, held, started = [], 0, False
+            else:
+                parts.append(text)
+                held += len(text)
+        if lines:
+            continued = False
+        if len(line) > READ_CHUNK and not separator.startswith(line.strip()):  # a long line that is no separator
+            parts.append(line)
+            held += len(line)
+            line, continued = "", True
+        if held >= READ_CHUNK:  # a long record: give out what it has but its trailing newlines
+            whole = "".join(parts)
+            body = whole.rstrip("\n")
+            if body.strip():
+                yield (body if started else body.lstrip("\n")), False
+                started = True
+                whole = whole[len(body) :]
+            parts, held = [whole], len(whole)
+    record = "".join(parts).rstrip("\n")
+    record = record if started else record.lstrip("\n")
+    if started or record.strip():
+        yield record, True
+
+
 def _file_pieces(path: Path, record_mode: str, encoding: str) -> Iterator[tuple[str, bool]]:
-    """A plain text file as one stream, one record, or one record per paragraph."""
-    if record_mode == "paragraph":
+    """A plain text file as one stream, one record, one record per paragraph, or records between separators."""
+    separator = record_separator(record_mode)
+    if separator is not None:
+        yield from split_records(read_text_chunks(path, encoding), separator)
+    elif record_mode == "paragraph":
         for paragraph in split_paragraphs(read_text_chunks(path, encoding)):
             yield paragraph, True
     else:

@@ -6,6 +6,7 @@ The trainer reports through one callback, `on_event(kind, data)`, and prints not
                 elapsed and remaining (seconds, from the budget that will stop the run)
     phase       the run starts something slow: data["phase"] is "training", "validating", "final evaluation",
                 "saving" or "sampling"
+    progress    within a validation: done and total segments, fraction (of the whole budget), elapsed, remaining
     validation  a validation finished: its metrics row (step, chars_seen, train_loss, val_loss, seconds) and
                 whether it is a new best; final=True for the final evaluation
     sample      a sample of the model as it is now (after each validation, or every --sample-every steps):
@@ -111,10 +112,12 @@ class ConsoleProgress:
         write_above(self.bar, self.stream, text)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if self.quiet and kind in ("step", "phase", "validation", "sample"):
+        if self.quiet and kind in ("step", "progress", "phase", "validation", "sample"):
             return
         if kind == "step":
             self._step(data)
+        elif kind == "progress":
+            self._progress(data)
         elif kind == "phase":
             self.phase = data["phase"]
             if self.bar is not None:
@@ -174,6 +177,20 @@ class ConsoleProgress:
             self.last_postfix = now
             self.bar.status = self._postfix(data)
             self.bar.update(int(data["fraction"] * 1000) - self.bar.n)
+            self.bar.refresh()
+
+    def _progress(self, data: dict[str, Any]) -> None:
+        """A validation moves the bar too: to its share of the budget's wall clock, with the segments done."""
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        if now - self.last_postfix > 0.5 or data["done"] == data["total"]:
+            self.last_postfix = now
+            self.bar.status = (
+                f"{data['done']:,}/{data['total']:,} segments · "
+                f"{format_duration(data['elapsed'])}<{format_duration(data.get('remaining'))}"
+            )
+            self.bar.update(max(0, int(data["fraction"] * 1000) - self.bar.n))
             self.bar.refresh()
 
     def close(self) -> None:

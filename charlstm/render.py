@@ -144,7 +144,9 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "training",
             f"batch {train.get('batch_size', '?')} x {train.get('seq_len', '?')}, lr {train.get('lr', 0):g}, "
-            f"eval every {train.get('eval_every', '?')} steps",
+            f"eval every {train['eval_every']} steps"
+            if train.get("eval_every")
+            else "eval at each eighth of the budget",
         )
     )
     rows.append(

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,96 @@ def make_run_dir(run_dir: Path, prove_writable: bool = False) -> None:
         raise CharlstmError(
             f"output directory {run_dir} is not writable: {exc.strerror or exc}; choose another --out"
         ) from None
+
+
+@dataclass(frozen=True)
+class Before:
+    """What a run directory was before a command started a run in it (see `note_before`)."""
+
+    run_dir: Path
+    created: tuple[Path, ...]  # the directories that did not exist: the run directory, then its missing parents
+    names: frozenset[str] | None  # what it held (None: unknown, not a readable directory)
+    checkpoints: tuple[tuple[int, ...] | None, ...]  # the identity of its LATEST and BEST (None: absent)
+
+
+def note_before(run_dir: Path) -> Before:
+    """What `run_dir` holds before a run starts in it, and which of it and its parents do not exist yet."""
+    run_dir = Path(run_dir)
+    created = []
+    for path in (run_dir, *run_dir.parents):
+        if os.path.lexists(path):
+            break
+        created.append(path)
+    names: frozenset[str] | None = frozenset()
+    if not created:
+        try:
+            names = frozenset(os.listdir(run_dir))
+        except OSError:
+            names = None
+    return Before(run_dir, tuple(created), names, _checkpoint_identities(run_dir))
+
+
+def failed_start_leftovers(before: Before) -> list[Path] | None:
+    """What a run that failed before its first checkpoint added to its directory, when all of it is what starting
+    a run writes (the lock file, an encoded corpus, empty metrics and samples files): to be removed. None when a
+    checkpoint was written, or anything else was added: then nothing is to be removed."""
+    if before.names is None:
+        return None
+    try:
+        names = set(os.listdir(before.run_dir))
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    if _checkpoint_identities(before.run_dir) != before.checkpoints:
+        return None
+    added = [before.run_dir / name for name in sorted(names - before.names)]
+    return added if all(_written_at_start(path) for path in added) else None
+
+
+def remove_leftovers(leftovers: list[Path]) -> None:
+    """Remove the leftovers of a failed start but the lock file (its holder deletes it: RunLock.release). Never
+    raises: what cannot be removed stays."""
+    for path in leftovers:
+        if path.name != LOCK_NAME:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def remove_created_dirs(before: Before) -> None:
+    """The run directory and its parents that did not exist before, each if it is empty (else it stays, and its
+    parents too)."""
+    for path in before.created:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+
+
+def _checkpoint_identities(run_dir: Path) -> tuple[tuple[int, ...] | None, ...]:
+    identities = []
+    for name in (LATEST, BEST):
+        try:
+            found = os.stat(Path(run_dir) / name, follow_symlinks=False)
+            identities.append((found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns))
+        except OSError:
+            identities.append(None)
+    return tuple(identities)
+
+
+def _written_at_start(path: Path) -> bool:
+    """A plain file that starting a run writes: the lock, the encoded corpus (tokencache.py), or a metrics or
+    samples file still empty."""
+    from .tokencache import CACHE_DTYPES, CACHE_STEM
+
+    cache = {f"{CACHE_STEM}.json", f"{CACHE_STEM}.record-lengths.npy", *(f"{CACHE_STEM}.{d}.bin" for d in CACHE_DTYPES)}
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(found.st_mode):
+        return False
+    return path.name in (LOCK_NAME, *cache) or (path.name in (METRICS, SAMPLES) and found.st_size == 0)
 
 
 def prepare_run_dir(run_dir: Path) -> None:

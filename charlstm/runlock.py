@@ -7,8 +7,10 @@ leaves a run locked, and a lock file left behind means nothing by itself. While 
 holder (pid, host, start time, command line), so a second trainer can say who is in the way.
 
 Only trainers lock (under torchrun only rank 0); `sample` and `info` read a run that is training without it.
-The file is never deleted or replaced (a rename or unlink would let a third process lock a new file while the
-second still holds the old one): its content is rewritten in place after locking and emptied before unlocking.
+The file is never replaced, and deleted only by its holder, while it holds it (a run that failed before its
+first checkpoint leaves no directory behind, see train.py): a locker that then gets the lock of the deleted file
+sees that the path no longer names it, and locks the path's file instead, so no two processes ever hold the lock
+of one directory. Its content is rewritten in place after locking and emptied before unlocking.
 Where there is no `fcntl` (Windows) or the filesystem refuses locks, training goes on unlocked, with a note.
 """
 
@@ -31,6 +33,7 @@ from .errors import CharlstmError
 from .rundir import LOCK_NAME, make_run_dir
 
 HOLDER_WAIT_SECONDS = 0.5  # a holder writes its details just after locking: how long to wait for them
+LOCK_ATTEMPTS = 5  # tries to lock a lock file that a holder deletes in between (it gave up a run it never started)
 _MAX_SHOWN = 160  # characters of a holder's command line shown
 
 _held: dict[str, RunLock] = {}  # real path of a lock file -> the lock this process holds on it
@@ -68,34 +71,49 @@ class RunLock:
             import fcntl  # imported here: there is none on Windows
         except ImportError:
             return cls(path, note="no file locking on this platform: nothing stops a second trainer of this run")
-        make_run_dir(run_dir)
-        key = os.path.realpath(path)
-        with _held_guard:
-            mine = _held.get(key)
-            if mine is not None and mine.held:
-                if not reentrant:
-                    raise CharlstmError(_busy_message(run_dir, path))
-                mine._depth += 1
-                return mine
-        fd = _open_lock_file(run_dir, path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CharlstmError(_busy_message(run_dir, path)) from None
-        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without locks (some network or FUSE mounts)
-            os.close(fd)
-            return cls(
-                path, note=f"cannot lock {path} ({exc.strerror or exc}): nothing stops a second trainer of this run"
-            )
+        for attempt in range(LOCK_ATTEMPTS):
+            last = attempt == LOCK_ATTEMPTS - 1
+            make_run_dir(run_dir)
+            key = os.path.realpath(path)
+            with _held_guard:
+                mine = _held.get(key)
+                if mine is not None and mine.held:
+                    if not reentrant:
+                        raise CharlstmError(_busy_message(run_dir, path))
+                    mine._depth += 1
+                    return mine
+            try:
+                fd = _open_lock_file(run_dir, path)
+            except CharlstmError:
+                if last or run_dir.is_dir():
+                    raise
+                continue  # the directory was removed in between, by a trainer that created it and gave up
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CharlstmError(_busy_message(run_dir, path)) from None
+            except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without locks (some network or FUSE mounts)
+                os.close(fd)
+                return cls(
+                    path,
+                    note=f"cannot lock {path} ({exc.strerror or exc}): nothing stops a second trainer of this run",
+                )
+            if _names(fd, path):
+                break
+            os.close(fd)  # its holder deleted the file before letting go: lock the file the path names now
+        else:
+            raise CharlstmError(_busy_message(run_dir, path))
         _write_holder(fd)
         lock = cls(path, fd)
         with _held_guard:
             _held[key] = lock
         return lock
 
-    def release(self) -> None:
-        """Give the lock up (once per acquire); a lock that holds nothing, or was released, ignores it."""
+    def release(self, remove_file: bool = False) -> None:
+        """Give the lock up (once per acquire); a lock that holds nothing, or was released, ignores it.
+        `remove_file`: on the last release, also delete the lock file (while still holding it), for a caller
+        that created it and leaves the directory as it found it."""
         if not self.held:
             return
         self._depth -= 1
@@ -108,6 +126,9 @@ class RunLock:
             key = os.path.realpath(self.path)
             if _held.get(key) is self:
                 del _held[key]
+        if remove_file and _names(fd, self.path):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         # emptied before unlocking: the next holder's readers never see these details (an OSError: a read-only
         # descriptor, a lock file owned by someone else, whose details were never ours)
         with contextlib.suppress(OSError):
@@ -164,6 +185,15 @@ def _open_lock_file(run_dir: Path, path: Path) -> int:
             return os.open(path, os.O_RDONLY | flags)
         except OSError:
             raise not_writable from None
+
+
+def _names(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file open as `fd` (not deleted, nor deleted and created again)."""
+    try:
+        opened, named = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _write_holder(fd: int) -> None:

@@ -28,6 +28,12 @@ class Progress:
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
     eval_pending: bool = False  # a validation was cut short by a signal: it runs first on resume
+    last_eval_step: int = 0  # the step of the last periodic validation (the cadence counts from it)
+    last_eval_fraction: float = 0.0  # the budget fraction it was at
+    # seconds of a time budget kept for its end: the final evaluation, its save and sample (measured as the run
+    # goes); training stops this much before --max-time
+    end_reserve_seconds: float = 0.0
+    checked_chars_per_second: float = 0.0  # the training speed measured early in the run (0: not yet)
     # a budget or learning rate changed on resume: the rate ramps from `ramp_lr` at fraction `ramp_from` to the
     # re-planned curve at `ramp_to` (fractions of the budget); ramp_to <= ramp_from means no ramp
     ramp_from: float = 0.0
@@ -69,13 +75,20 @@ def planned_lr(config: TrainConfig, fraction: float) -> float:
     return config.lr * (config.min_lr_frac + (1.0 - config.min_lr_frac) * cosine)
 
 
+def training_seconds(config: TrainConfig, progress: Progress) -> float:
+    """The part of --max-time that training may use: all of it but the end's reserve (see Progress)."""
+    assert config.max_time
+    return max(1e-9, config.max_time - progress.end_reserve_seconds)
+
+
 def budget_fraction(config: TrainConfig, progress: Progress, num_targets: int) -> float:
-    """How much of the budget is spent, 0..1: the most advanced of the budgets given."""
+    """How much of the budget for training is spent, 0..1: the most advanced of the budgets given (of a time
+    budget, the part before the end's reserve)."""
     fractions = []
     if config.max_steps:
         fractions.append(progress.step / config.max_steps)
     if config.max_time:
-        fractions.append(progress.elapsed_seconds / config.max_time)
+        fractions.append(progress.elapsed_seconds / training_seconds(config, progress))
     if config.epochs:
         fractions.append(progress.chars_seen / (config.epochs * num_targets))
     return min(1.0, max(fractions)) if fractions else 0.0
@@ -85,7 +98,7 @@ def budget_reason(config: TrainConfig, progress: Progress, num_targets: int) -> 
     """The budget the run has used up (max_steps | max_time | epochs), or None."""
     if config.max_steps and progress.step >= config.max_steps:
         return "max_steps"
-    if config.max_time and progress.elapsed_seconds >= config.max_time:
+    if config.max_time and progress.elapsed_seconds >= training_seconds(config, progress):
         return "max_time"
     if config.epochs and progress.chars_seen >= config.epochs * num_targets:
         return "epochs"
@@ -111,6 +124,16 @@ def remaining_seconds(
         left = config.epochs * num_targets - progress.chars_seen
         estimates.append(left * session_seconds / session_chars)
     return max(0.0, min(estimates)) if estimates else None
+
+
+def run_fraction(config: TrainConfig, progress: Progress, num_targets: int) -> float:
+    """How much of the whole budget is spent, 0..1, for a person to read: of a time budget, the wall clock against
+    --max-time (the end's final evaluation included), else the budget fraction."""
+    fraction = budget_fraction(config, progress, num_targets)
+    if config.max_time:
+        before_end = 1.0 - min(progress.end_reserve_seconds, config.max_time) / config.max_time
+        fraction = max(fraction * before_end, progress.elapsed_seconds / config.max_time)
+    return min(1.0, fraction)
 
 
 def budget_text(config: TrainConfig) -> str:

@@ -9,6 +9,31 @@ from contextlib import contextmanager
 from typing import Any
 
 
+class SignalInterrupt(KeyboardInterrupt):
+    """The KeyboardInterrupt that a first signal during set-up raises (SIGTERM as well as SIGINT), naming it."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.signal = name
+
+
+def exit_status(name: str | None) -> int:
+    """The exit status a shell expects of a command a signal stopped: 128 + the signal's number (130 for
+    SIGINT, 143 for SIGTERM); 130 when the signal is unknown (a plain KeyboardInterrupt, another rank's)."""
+    try:
+        return 128 + signal.Signals[name or "SIGINT"].value
+    except KeyError:
+        return 128 + signal.SIGINT.value
+
+
+def stopping_signal(stopped_by: str) -> str | None:
+    """The signal an interrupted run names in its `stopped_by` ("interrupt (SIGTERM)" -> "SIGTERM")."""
+    if not stopped_by.startswith("interrupt"):
+        return None
+    name = stopped_by.removeprefix("interrupt").strip().removeprefix("(").removesuffix(")")
+    return name if name.startswith("SIG") else "SIGINT"
+
+
 class StopSignals:
     """Ctrl-C and SIGTERM for the whole of a run: acknowledged the moment they arrive, acted on where it is safe.
 
@@ -45,7 +70,7 @@ class StopSignals:
         if self.on_signal is not None:
             self.on_signal(name, self.phase)
         if self.phase == "setup":
-            raise KeyboardInterrupt
+            raise SignalInterrupt(name)
 
     @contextmanager
     def phase_of(self, phase: str):

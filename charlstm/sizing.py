@@ -15,16 +15,23 @@ model for the budget"). The line sits below 3 because the calibration, done whil
 underestimate the speed (it measured 33.6k chars/s for a run that trained at 39.8k): at 2.5, auto kept 1 x 384.
 
 The precision is chosen beside the shape (train.py): on a CPU with bf16 instructions auto trains in bf16 autocast,
-and the calibration times steps in the precision the run will use."""
+and the calibration times steps in the precision the run will use.
+
+A measurement made while another process runs can be far off (a busy laptop once measured 513 chars/s for a run
+that then trained at 346k). The calibration therefore interleaves its two widths over several rounds and keeps each
+width's fastest step, and the run checks its real speed early (trainer.py): where it is more than
+`REPLAN_FACTOR` times off the plan, `replan` chooses again from the speed measured, and the run takes the new
+shape while little has been trained."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from . import threads
 from .config import ModelConfig, TrainConfig, format_duration
 from .device import autocast
 from .model import CharRNN
@@ -55,10 +62,8 @@ MANY_PASSES, RECIPE_DROPOUT = 8.0, 0.2
 RECIPE_WEIGHT_DECAY = 0.1
 # schedule settings of the recipe (each a TrainConfig field; an explicit flag wins)
 RECIPE_SCHEDULE: dict[str, float] = {}
-# periodic validations (and the saves after them) in a run: each costs about a second on a 2-core CPU, which at
-# the default --eval-every of 250 steps is ~10% of a 100 s run; fewer leave that time to training
-VALIDATIONS_PER_RUN = 5
 OVERHEAD_SHARE = 0.1  # the share of a time budget that validations, saves and start-up take (measured: ~10 s of 100)
+REPLAN_FACTOR = 2.0  # the run re-plans when its measured speed is this many times off the plan (either way)
 
 
 WARMUP_STEPS = 2  # calibration steps of each width that are not timed
@@ -72,9 +77,14 @@ class StepCost:
     per_param: float
     batch: int
     seq_len: int
+    threads: int | None = None  # the CPU thread count it was measured at (the fastest; None: not chosen)
 
     def chars_per_second(self, params: int) -> float:
         return self.batch * self.seq_len / max(1e-9, self.fixed + self.per_param * params)
+
+    def scaled(self, factor: float) -> StepCost:
+        """The same device `factor` times faster (the cost of every step divided by it)."""
+        return StepCost(self.fixed / factor, self.per_param / factor, self.batch, self.seq_len, self.threads)
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class SizeChoice:
     params: int
     chars_per_second: float | None  # expected, for a time budget
     passes: float  # how many times the budget covers the training text
-    schedule: dict[str, float]  # TrainConfig fields of the recipe (schedule, validation cadence)
+    schedule: dict[str, float]  # TrainConfig fields of the recipe's schedule
     reason: str  # the one line that says what was chosen and why
 
 
@@ -199,16 +209,8 @@ def choose_size(
         chars_per_second=speed,
         passes=passes if math.isfinite(passes) else math.inf,
         reason=reason,
-        schedule={**RECIPE_SCHEDULE, "eval_every": eval_cadence(seen / (batch * seq_len))},
+        schedule=dict(RECIPE_SCHEDULE),
     )
-
-
-def eval_cadence(steps: float) -> int:
-    """--eval-every for a run of about `steps` steps: VALIDATIONS_PER_RUN of them, never more often than the
-    default, in round hundreds."""
-    if not math.isfinite(steps):
-        return TrainConfig.eval_every
-    return max(TrainConfig.eval_every, int(steps / VALIDATIONS_PER_RUN) // 100 * 100)
 
 
 def _budget_words(config: TrainConfig, speed: float | None) -> str:
@@ -241,42 +243,143 @@ def calibrate(
     embed: int = ModelConfig.embed,
     cell: str = "lstm",
     widths: tuple[int, int] = (256, 768),
-    steps: int = 6,
-    seconds_per_width: float = 1.0,
+    rounds: int = 6,
+    seconds: float = 1.0,
     amp: torch.dtype | None = None,
 ) -> tuple[StepCost, float]:
-    """Time up to `steps` training steps (forward, backward, fused AdamW; at least 2, at most `seconds_per_width`
-    of them, after WARMUP_STEPS untimed ones; in `amp` autocast if given) of two widths on random characters and
-    fit the cost of a step as a line in the parameter count, from each width's fastest step: another process's
-    burst slows some steps, not the device (on a machine shared with a test suite, the median step once measured
-    673 chars/s where the run then trained at 159k). Returns the cost and the seconds the calibration took."""
+    """Time training steps (forward, backward, fused AdamW; in `amp` autocast if given) of two widths on random
+    characters and fit the cost of a step as a line in the parameter count.
+
+    After WARMUP_STEPS untimed steps of each width, the widths take turns, one timed step each a round, for
+    `rounds` rounds (at least 3, fewer when they take more than `seconds`), and each width's fastest step counts:
+    another process's burst slows some steps, not the device, and taking turns spreads a burst over both widths
+    instead of landing on one (on a machine shared with a test suite, the median step once measured 673 chars/s
+    where the run then trained at 159k). On a CPU every thread count worth trying (threads.py) takes its turns
+    too, and the cost is that of the fastest, which it names (`StepCost.threads`). Returns the cost and the
+    seconds the calibration took."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
-    points = []
+    ids = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)  # (B, T + 1)
+    models, optimizers = [], []
     for hidden in widths:
         model = CharRNN(ModelConfig(vocab_size=vocab, cell=cell, hidden=hidden, embed=embed)).to(device)
+        models.append(model)
         # the trainer's optimiser (fused AdamW: on a CPU the unfused one made a step ~30% slower than training's)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-        ids = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)  # (B, T + 1)
-        timings: list[float] = []
-        width_started = time.perf_counter()
-        for _ in range(steps + WARMUP_STEPS):  # the first steps warm up (allocations, kernels, bf16 weight copies)
-            if len(timings) >= WARMUP_STEPS + 2 and time.perf_counter() - width_started > seconds_per_width:
+        optimizers.append(torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True))
+
+    def step(model: CharRNN, optimizer: torch.optim.Optimizer) -> float:
+        begun = time.perf_counter()
+        with autocast(device, amp):
+            logits, _ = model(ids[:, :-1])  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - begun
+
+    # on a CPU, each thread count the run may use (see threads.py): with another process on one of the cores,
+    # fewer threads can be several times faster
+    most = torch.get_num_threads()
+    counts = threads.candidates(most) if device.type == "cpu" else [most]
+    fastest: dict[tuple[int, int], float] = {}
+    try:
+        for count in counts:
+            torch.set_num_threads(count)
+            for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+                # allocations, kernels, bf16 weight copies (warm after the first count: one step for the threads)
+                for _ in range(WARMUP_STEPS if count == counts[0] else 1):
+                    step(model, optimizer)
+                fastest[count, i] = math.inf
+        timed_from = time.perf_counter()
+        for round_ in range(max(3, rounds)):
+            if round_ >= 3 and time.perf_counter() - timed_from > seconds:
                 break
-            begun = time.perf_counter()
-            with autocast(device, amp):
-                logits, _ = model(ids[:, :-1])  # (B, T, V)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timings.append(time.perf_counter() - begun)
-        points.append((model.num_params, min(timings[WARMUP_STEPS:])))
-    (p0, t0), (p1, t1) = points
+            for count in counts:
+                torch.set_num_threads(count)
+                for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+                    fastest[count, i] = min(fastest[count, i], step(model, optimizer))
+    finally:
+        torch.set_num_threads(most)
+    best = min(counts, key=lambda count: fastest[count, 1])  # the count that steps the wider model fastest
+    timings = [fastest[best, 0], fastest[best, 1]]
+    (p0, t0), (p1, t1) = ((m.num_params, t) for m, t in zip(models, timings, strict=True))
     # a busy machine can time the wider model no slower than the narrow one: the cost of a step then still grows
     # at least half as fast as in proportion to the parameters (the matrix products are most of it)
     per_param = max((t1 - t0) / (p1 - p0), 0.5 * t1 / p1)
     fixed = max(1e-6, t0 - per_param * p0)
-    return StepCost(fixed=fixed, per_param=per_param, batch=batch, seq_len=seq_len), time.perf_counter() - started
+    cost = StepCost(fixed=fixed, per_param=per_param, batch=batch, seq_len=seq_len, threads=best)
+    return cost, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `--size auto` chose from: enough to choose again from another speed (`replan`). Picklable, so that
+    every rank of a distributed run can take rank 0's."""
+
+    corpus_chars: int
+    vocab: int
+    embed: int
+    cell: str
+    fixed: dict[str, int | float]  # the values the user gave (CHOSEN_FIELDS)
+    kept: tuple[str, ...]  # every config field the user chose (the recipe's schedule leaves them)
+    cost: StepCost | None  # measured (None without a time budget)
+    measured: str  # how the speed was measured, for the note
+
+
+def apply_plan(
+    plan: Plan, model_config: ModelConfig, train_config: TrainConfig, budget_seconds: float | None = None
+) -> tuple[ModelConfig, TrainConfig, SizeChoice]:
+    """The configs of the shape `plan` chooses (for `budget_seconds` of --max-time when given: what is left of
+    it on a re-plan), with what was chosen and why in `size_choice` and the speed expected in
+    `planned_chars_per_second`."""
+    budget = train_config if budget_seconds is None else replace(train_config, max_time=budget_seconds)
+    choice = choose_size(
+        plan.corpus_chars, plan.vocab, budget, plan.cost, embed=plan.embed, cell=plan.cell, fixed=plan.fixed
+    )
+    model_config = replace(
+        model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init, dropout=choice.dropout
+    )
+    train_config = replace(
+        train_config,
+        batch_size=choice.batch_size,
+        seq_len=choice.seq_len,
+        lr=choice.lr,
+        weight_decay=choice.weight_decay,
+        **{name: value for name, value in choice.schedule.items() if name not in plan.kept},
+        size_choice=f"--size auto: {choice.reason}{plan.measured}",
+        planned_chars_per_second=round(choice.chars_per_second, 1) if choice.chars_per_second else None,
+    )
+    return model_config, train_config, choice
+
+
+def off_plan(planned: float | None, measured: float) -> bool:
+    """Whether a measured training speed is more than REPLAN_FACTOR times off the planned one."""
+    return bool(planned) and measured > 0 and not (1 / REPLAN_FACTOR <= measured / planned <= REPLAN_FACTOR)
+
+
+def replan(
+    plan: Plan, model_config: ModelConfig, train_config: TrainConfig, measured: float, seconds_left: float
+) -> tuple[ModelConfig, TrainConfig, Plan]:
+    """Choose again from the speed the run measured (`measured` chars/s for the shape it trains) for the
+    `seconds_left` of its budget: the configs and the plan, its cost rescaled to that speed."""
+    planned = train_config.planned_chars_per_second or measured
+    cost = plan.cost.scaled(measured / planned) if plan.cost else None
+    new_plan = replace(plan, cost=cost, measured=" (speed measured in training)")
+    new_model, new_train, _ = apply_plan(new_plan, model_config, train_config, budget_seconds=seconds_left)
+    return new_model, new_train, new_plan
+
+
+def speed_words(measured: float, planned: float | None) -> str:
+    """'trains at 12.3k chars/s where the plan expected 41.2k'"""
+    return f"trains at {_size_words(measured)} chars/s where the plan expected {_size_words(planned or 0)}"
+
+
+def shape_words(model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """'1 x 256 LSTM (330k params, lr 0.005)'"""
+    params = count_params(model_config.layers, model_config.hidden, model_config.embed, model_config.vocab_size)
+    return (
+        f"{model_config.layers} x {model_config.hidden} {model_config.cell.upper()} "
+        f"({_params_words(params)} params, lr {train_config.lr:g})"
+    )

@@ -37,6 +37,7 @@ def run_summary(
     device: str | None = None,
     precision: str | None = None,
     world_size: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """run.json's content. From a bare checkpoint (`charlstm info FILE.pt`) the figures only a live run knows
     (device, precision, processes, which slices the validations scored) are None."""
@@ -65,6 +66,15 @@ def run_summary(
         "train_seconds": round(p.train_seconds, 6),
         "elapsed_seconds": round(p.elapsed_seconds, 3),
         "chars_per_second": round(chars_per_second(p.chars_seen, p.train_seconds), 1),
+        # the training speed --size auto planned for, measured early in the run, and over the whole run; what
+        # the early check changed (see trainer.py's _check_speed)
+        "speed": {
+            "planned_chars_per_second": train_config.get("planned_chars_per_second"),
+            "checked_chars_per_second": round(p.checked_chars_per_second, 1) or None,
+            "realised_chars_per_second": round(chars_per_second(p.chars_seen, p.train_seconds), 1),
+            "replanned": train_config.get("replanned"),
+            "cpu_threads": threads,  # the thread count training ended on (threads.py)
+        },
         "checkpoint_format_version": format_version,
     }
 

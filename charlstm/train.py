@@ -51,6 +51,8 @@ def train(
     pick_device(train_config.device)  # an unavailable device fails now, before any data is read
     trainer = None
     lock = None
+    before = None  # what the run directory held before this command (rank 0)
+    failed = True
     try:
         with StopSignals(lambda name, phase: emit("signal", {"signal": name, "phase": phase})) as signals:
             resumed = None
@@ -62,6 +64,7 @@ def train(
                 run_dir = resumed.run_dir(run_dir)
             # one trainer per run directory: a second one (another terminal, a script run twice) is refused at
             # once; the lock is taken before an old run is cleared (overwrite): a run being trained is never touched
+            before = rundir.note_before(run_dir) if main else None
             lock = RunLock.acquire(run_dir, enabled=main)
             if lock.note:
                 emit("note", {"text": lock.note})
@@ -81,6 +84,7 @@ def train(
                 size_for=_auto_size(explicit, emit) if train_config.size == "auto" else None,
             )
             result = trainer.train(should_stop=should_stop)
+            failed = False
     except BaseException:
         # leave the group without waiting: the other ranks may never arrive (torchrun stops them); a process
         # that exits with its group alive can abort in gloo's threads ("terminate called without an active
@@ -90,11 +94,28 @@ def train(
         distributed.abandon()
         raise
     finally:
-        if lock is not None:
+        if failed and before is not None:
+            _leave_as_found(before, lock)  # releases the lock
+        elif lock is not None:
             lock.release()
     trainer.forward_model = None
     distributed.teardown(trainer.dist)
     return result
+
+
+def _leave_as_found(before: rundir.Before, lock: RunLock | None) -> None:
+    """A run that failed (an error, a signal) before writing a checkpoint leaves its directory as it found it: what
+    starting it wrote there (the lock file, an encoded corpus, empty records) is removed, and the directory too if
+    this command created it (its missing parents with it). A directory with a checkpoint written, or with anything
+    else added, is left as it is. Releases the lock: its file is deleted while still held (see runlock.py)."""
+    leftovers = rundir.failed_start_leftovers(before) if lock is not None and lock.held else None
+    try:
+        if leftovers:
+            rundir.remove_leftovers(leftovers)
+    finally:
+        if lock is not None:
+            lock.release(remove_file=bool(leftovers) and any(p.name == rundir.LOCK_NAME for p in leftovers))
+    rundir.remove_created_dirs(before)
 
 
 def _paths_of(corpus: Corpus | CorpusConfig | None) -> list[Path] | None:
@@ -131,14 +152,14 @@ def _make_room(run_dir: Path, overwrite: bool, main: bool) -> None:
         rundir.clear_run(run_dir)
 
 
-def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[ModelConfig, TrainConfig]]:
+def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[ModelConfig, TrainConfig, sizing.Plan]]:
     """`--size auto` for a new run: once the corpus is read, measure this device's speed (a few seconds, part of
     the budget) and choose the shape and learning rate for the corpus and budget (sizing.py); the flags the user
     gave win. Says what it chose and why in one note, which run.json records (`size_choice`)."""
 
     def size_for(
         train_chars: int, vocab_size: int, model_config: ModelConfig, train_config: TrainConfig
-    ) -> tuple[ModelConfig, TrainConfig]:
+    ) -> tuple[ModelConfig, TrainConfig, sizing.Plan]:
         device = pick_device(train_config.device)
         given = {name: value for name, value in (*vars(model_config).items(), *vars(train_config).items())}
         # what the caller chose: the flags given, and (from Python, where nothing names them) every value that is
@@ -155,7 +176,7 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
             precision = "bf16"
         amp = autocast_dtype(precision, device)
         check_autocast(device, amp)
-        cost, calibrated = None, ""
+        cost, measured = None, ""
         if train_config.max_time:  # only a time budget needs the device's speed
             batch, seq_len = sizing.recipe_batch(fixed)
             cost, seconds = sizing.calibrate(
@@ -167,27 +188,23 @@ def _auto_size(explicit: set[str], emit: EventSink) -> Callable[..., tuple[Model
                 cell=model_config.cell,
                 amp=amp,
             )
-            calibrated = f" (speed measured in {seconds:.1f}s)"
-        choice = sizing.choose_size(
-            train_chars, vocab_size, train_config, cost, embed=model_config.embed, cell=model_config.cell, fixed=fixed
+            measured = f" (speed measured in {seconds:.1f}s)"
+        if precision != train_config.precision:
+            measured += ", bf16 on this CPU"
+        plan = sizing.Plan(
+            corpus_chars=train_chars,
+            vocab=vocab_size,
+            embed=model_config.embed,
+            cell=model_config.cell,
+            fixed=fixed,
+            kept=tuple(sorted(kept)),
+            cost=cost,
+            measured=measured,
         )
-        in_bf16 = ", bf16 on this CPU" if precision != train_config.precision else ""
-        text = f"--size auto: {choice.reason}{calibrated}{in_bf16}"
-        emit("note", {"text": text})
-        model_config = replace(
-            model_config, layers=choice.layers, hidden=choice.hidden, init=choice.init, dropout=choice.dropout
-        )
-        train_config = replace(
-            train_config,
-            batch_size=choice.batch_size,
-            seq_len=choice.seq_len,
-            lr=choice.lr,
-            weight_decay=choice.weight_decay,
-            precision=precision,
-            **{name: value for name, value in choice.schedule.items() if name not in kept},
-            size_choice=text,
-        )
-        return model_config, train_config
+        train_config = replace(train_config, precision=precision)
+        model_config, train_config, _ = sizing.apply_plan(plan, model_config, train_config)
+        emit("note", {"text": train_config.size_choice})
+        return model_config, train_config, plan
 
     return size_for
 

@@ -17,8 +17,15 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, distributed, resume, rundir, schedule, validation
-from .config import ModelConfig, SampleConfig, TrainConfig
+from . import checkpoint, distributed, resume, rundir, schedule, sizing, threads, validation
+from .config import (
+    MIN_STEPS_BETWEEN_VALIDATIONS,
+    VALIDATIONS_PER_RUN,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    format_duration,
+)
 from .corpus import Corpus
 from .device import autocast, autocast_dtype, check_autocast, configure_backends, pick_device, precision_name
 from .errors import CharlstmError
@@ -34,9 +41,22 @@ from .summary import TrainResult, chars_per_second, run_summary
 from .tokens import check_trainable, prepare_tokens
 from .vocab import Vocab
 
-# (train_chars, vocab_size, model_config, train_config) -> (model_config, train_config): see train.py's --size auto
-SizeFor = Callable[[int, int, ModelConfig, TrainConfig], tuple[ModelConfig, TrainConfig]]
+# (train_chars, vocab_size, model_config, train_config) -> (model_config, train_config, plan): see train.py's
+# --size auto
+SizeFor = Callable[[int, int, ModelConfig, TrainConfig], tuple[ModelConfig, TrainConfig, "sizing.Plan"]]
 START_STATE_CONTEXT = 128  # characters read before each record start state (see _start_states)
+# the early check of the training speed: after SPEED_WARMUP_STEPS steps (allocations, caches), over at least
+# SPEED_CHECK_STEPS more and SPEED_CHECK_SHARE of a time budget (SPEED_CHECK_SECONDS at least), so that it ends
+# within about the first 5% of the budget
+SPEED_WARMUP_STEPS, SPEED_CHECK_STEPS, SPEED_CHECK_SHARE, SPEED_CHECK_SECONDS = 3, 10, 0.03, 1.0
+REPLAN_WITHIN = 0.2  # a new shape replaces the model only while at most this share of the budget is spent
+# the end of a time budget is reserved for the final evaluation, its save and its sample: their measured cost
+# times RESERVE_MARGIN plus RESERVE_SECONDS (a machine that slows down at the end gets a shorter final evaluation)
+RESERVE_MARGIN, RESERVE_SECONDS = 1.25, 0.25
+# the final evaluation takes at most this share of a time budget (the periodic slice at least): past it, the final
+# slice is scored in part (a representative part, see validation.py), so that a short run does not spend a third
+# of its budget scoring a large split
+FINAL_SHARE = 0.1
 
 
 class Trainer:
@@ -94,10 +114,11 @@ class Trainer:
             raise CharlstmError(
                 "--sample-prime has characters the corpus does not have: " + " ".join(repr(c) for c in unknown[:20])
             )
+        self.plan: sizing.Plan | None = None  # what --size auto chose from (to choose again: _check_speed)
         if size_for is not None and self.resume is None:
             # every rank measures, and all take rank 0's choice: the ranks must build the same model
             sized = size_for(len(train_ids), len(vocab), model_config, train_config)
-            model_config, train_config = self.dist.gather_objects(sized)[0]
+            model_config, train_config, self.plan = self.dist.gather_objects(sized)[0]
         if len(val_ids) < max(2, self.dist.world_size + 1):
             processes = f" for {self.dist.world_size} processes" if self.dist.enabled else ""
             raise CharlstmError(
@@ -115,11 +136,19 @@ class Trainer:
         self.amp = autocast_dtype(train_config.precision, self.device)
         check_autocast(self.device, self.amp)
         self.train_streams = Streams(train_ids, batch, seq_len, self.device, rows=self.dist.rows(batch))
-        # the periodic check scores a fixed, seeded slice of the split; the final evaluation the whole split
-        # (or, for a huge one, a larger seeded slice): both bounded, at inference speed
+        # the periodic check scores a fixed, seeded slice spread over the split; the final evaluation the whole
+        # split (or, for a huge one, a larger seeded slice), the periodic slice first: bounded, at inference speed
         self.periodic_slice = validation.choose_slice(len(val_ids), train_config.eval_chars, train_config.seed)
-        self.final_slice = validation.choose_slice(len(val_ids), train_config.final_eval_chars, train_config.seed + 1)
+        self.final_slice = validation.final_slice(
+            len(val_ids), train_config.final_eval_chars, self.periodic_slice, train_config.seed + 1
+        )
         self.last_eval_seconds = 0.0  # how long the last periodic validation took (to fit the budget)
+        # measured costs, for the reserve at the end of a time budget (None: not measured yet)
+        self.seconds_per_segment: float | None = None
+        self.step_seconds_then: float | None = None  # the training step's time when seconds_per_segment was measured
+        self.save_seconds: float | None = None
+        self.sample_seconds = 0.0
+        self.governor: threads.ThreadGovernor | None = None  # the CPU thread count (set while training)
 
         # model and optimiser
         model_config = replace(model_config, vocab_size=len(vocab))
@@ -230,6 +259,7 @@ class Trainer:
                 f"the weights became NaN or infinite by step {self.progress.step}; stopped without saving them "
                 f"(the last good checkpoint is kept); try a lower --lr (now {self.config.lr:g})"
             )
+        started = time.perf_counter()
         with self._phase("saving"):
             self._tick()
             payload = self.checkpoint_payload()
@@ -243,6 +273,7 @@ class Trainer:
                 except BaseException as exc:  # a full disk, say: every rank stops, not only rank 0
                     error = exc
             self.dist.settle(error, "saving a checkpoint")
+        self.save_seconds = time.perf_counter() - started
 
     @contextmanager
     def _phase(self, phase: str):
@@ -277,6 +308,7 @@ class Trainer:
             device=str(self.device),
             precision=precision_name(self.amp),
             world_size=self.dist.world_size,
+            threads=self.governor.current if self.governor is not None and self.governor.enabled else None,
         )
 
     def validation_summary(self) -> dict[str, Any]:
@@ -302,11 +334,17 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- validation
 
-    def _validate(self, chosen: validation.Slice) -> float | None:
-        """The loss over a slice of the validation split, or None when a signal cut it short. Scored in fp32
-        whatever the training precision: the weights as saved, as sampling and `charlstm eval` read them (bf16
-        autocast moves the figure by a few thousandths of a nat/char)."""
-        return validation.evaluate_slice(
+    def _score(self, chosen: validation.Slice, deadline: float | None = None) -> validation.Scores | None:
+        """Loss sums over a slice of the validation split (see validation.py), or None when a signal cut it short.
+        Scored in fp32 whatever the training precision: the weights as saved, as sampling and `charlstm eval` read
+        them (bf16 autocast moves the figure by a few thousandths of a nat/char). With a `deadline`, the scoring
+        ends there (once a first batch of segments is scored). The bar follows it."""
+
+        def progress(done: int, total: int) -> None:
+            self._tick()
+            self.emit("progress", {"done": done, "total": total, **self._clock()})
+
+        return validation.score_slice(
             self.model,
             self.data.val,
             chosen,
@@ -314,22 +352,76 @@ class Trainer:
             None,
             self.dist,
             should_abort=lambda: self.signals.received is not None,
+            deadline=deadline,
+            at_least=min(chosen.periodic, validation.ROWS),
+            on_progress=progress,
         )
 
+    def _clock(self) -> dict[str, Any]:
+        """Where the run is, for the bar: the share of the whole budget spent, elapsed and remaining seconds."""
+        p, c = self.progress, self.config
+        remaining = max(0.0, c.max_time - p.elapsed_seconds) if c.max_time else None
+        fraction = schedule.run_fraction(c, p, self.train_streams.num_targets)
+        return {"fraction": fraction, "elapsed": p.elapsed_seconds, "remaining": remaining}
+
+    def _final_deadline(self) -> float | None:
+        """When the final evaluation must end (time.perf_counter()) for the run to end by --max-time: the time
+        left less its save and sample (None without a time budget)."""
+        if not self.config.max_time:
+            return None
+        self._tick()
+        after = RESERVE_MARGIN * ((self.save_seconds or 0.0) + self.sample_seconds) * self._slowdown()
+        return time.perf_counter() + self.config.max_time - self.progress.elapsed_seconds - after
+
+    def _update_reserve(self) -> None:
+        """The seconds a time budget keeps for its end (Progress.end_reserve_seconds), from the costs measured so
+        far: scoring the final slice at the periodic validations' speed, a save and a sample. Every rank takes
+        rank 0's figure (their decisions depend on it)."""
+        c, p = self.config, self.progress
+        if not c.max_time:
+            return
+        if self.seconds_per_segment is not None:
+            per_segment = self.seconds_per_segment * self._slowdown()
+        else:  # nothing measured yet: inference reads characters about 3 times as fast as training does
+            speed = chars_per_second(p.chars_seen, p.train_seconds) or c.planned_chars_per_second or 0.0
+            per_segment = (validation.SEGMENT + validation.BURN_IN) / (3 * speed) if speed else 0.0
+        whole = per_segment * len(self.final_slice.segments)
+        evaluation = min(whole, max(per_segment * self.final_slice.periodic, FINAL_SHARE * c.max_time))
+        save = (self.save_seconds if self.save_seconds is not None else 0.0) * self._slowdown()
+        reserve = RESERVE_MARGIN * (evaluation + save + self.sample_seconds * self._slowdown()) + RESERVE_SECONDS
+        p.end_reserve_seconds = self.dist.agree(min(reserve, 0.5 * c.max_time))[0]
+
+    def _slowdown(self) -> float:
+        """How much slower the machine is now than when the costs were measured, from the training step's time
+        (on a CPU shared with other processes, evaluation slows down as training does)."""
+        now = self.governor.median() if self.governor is not None else None
+        if now is None or self.step_seconds_then is None:
+            return 1.0
+        return min(20.0, max(0.25, now / self.step_seconds_then))
+
     def _evaluate_and_save(self, final: bool = False) -> None:
-        """The periodic validation, then a save (best.pt too when it improved); at the end of the budget also the
-        final evaluation. A signal during a validation leaves it pending (run first on resume) and saves."""
+        """The periodic validation, then a save (best.pt too when it improved); at the end of the budget the final
+        evaluation, whose first segments are the periodic slice's (one pass gives both figures). A signal during
+        a validation leaves it pending (run first on resume) and saves."""
         p = self.progress
+        chosen = self.final_slice if final else self.periodic_slice
         started = time.perf_counter()
-        with self._phase("validating"):
-            val_loss = self._validate(self.periodic_slice)
-        if val_loss is None:
+        with self._phase("final evaluation" if final else "validating"):
+            scores = self._score(chosen, deadline=self._final_deadline() if final else None)
+        if scores is None:
             p.eval_pending = True
             self.save()
             return
-        self.last_eval_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if scores.done:
+            self.seconds_per_segment = seconds / scores.done
+            self.step_seconds_then = self.governor.median() if self.governor is not None else None
+        if not final:
+            self.last_eval_seconds = seconds
+        val_loss = scores.mean(0, chosen.periodic)
         p.eval_pending = False
         p.last_val_loss = val_loss
+        p.last_eval_step, p.last_eval_fraction = p.step, self.budget_fraction()
         improved = val_loss < p.best_val_loss
         if improved:
             p.best_val_loss = val_loss
@@ -340,33 +432,30 @@ class Trainer:
             "train_loss": p.loss_sum / p.loss_count if p.loss_count else None,
             "val_loss": val_loss,
             "val_bits_per_char": val_loss / math.log(2),
-            "val_chars": self.periodic_slice.chars,
+            "val_chars": int(scores.counts[: chosen.periodic].sum()),
             "seconds": round(p.train_seconds, 3),
             "elapsed": round(p.elapsed_seconds, 3),
         }
         p.loss_sum, p.loss_count = 0.0, 0
-        if final and self.periodic_slice.whole:  # the periodic slice is the whole split already
-            p.final_val_loss = val_loss
-            row.update(final_val_loss=val_loss, final_val_chars=self.final_slice.chars, final_whole=True)
-        elif final:
-            self._final_evaluation(row)
+        if final:
+            whole = chosen.whole and scores.done == len(chosen.segments)
+            p.final_val_loss = scores.mean()
+            row.update(final_val_loss=p.final_val_loss, final_val_chars=scores.chars, final_whole=whole)
+            if scores.done < len(chosen.segments):
+                self._notice(
+                    f"the final evaluation scored {scores.chars:,} of {chosen.chars:,} characters to end within "
+                    f"--max-time (the machine ran slower than the run measured)"
+                )
+        else:
+            self._update_reserve()
         self.save(best=improved)
         if self.dist.is_main:
             rundir.append_metrics(self.run_dir, row)
         self.emit("validation", {"row": row, "improved": improved})
-        if final and math.isfinite(p.final_val_loss):
+        if final:
             self.emit("validation", {"row": row, "improved": False, "final": True})
         if self.config.sample_every is None or (final and self.config.sample_every):
             self.sample_while_training()
-
-    def _final_evaluation(self, row: dict[str, Any]) -> None:
-        with self._phase("final evaluation"):
-            final = self._validate(self.final_slice)
-        if final is None:
-            self._notice("the final evaluation was cut short; the periodic validation loss stands")
-            return
-        self.progress.final_val_loss = final
-        row.update(final_val_loss=final, final_val_chars=self.final_slice.chars, final_whole=self.final_slice.whole)
 
     # ----------------------------------------------------------------------------------- samples
 
@@ -391,6 +480,7 @@ class Trainer:
             loaded = LoadedModel(model=model, vocab=self.vocab, path=self.run_dir, payload=payload)
             config = SampleConfig(length=c.sample_length, temperature=c.sample_temp, prime=c.sample_prime, seed=c.seed)
             text = sample_text(loaded, config)[0]
+        self.sample_seconds = time.perf_counter() - started
         self._tick()
         row = {
             "step": p.step,
@@ -418,11 +508,16 @@ class Trainer:
     def train(self, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
         """Run until the budget is spent, `should_stop(step)` says so, or a signal arrives (Ctrl-C and SIGTERM
         are handled here unless `train()` installed them already)."""
-        if not self.own_signals:
-            return self._train(should_stop)
-        self.signals.on_signal = lambda name, phase: self.emit("signal", {"signal": name, "phase": phase})
-        with self.signals:
-            return self._train(should_stop)
+        start = self.plan.cost.threads if self.plan is not None and self.plan.cost is not None else None
+        self.governor = threads.ThreadGovernor(enabled=self.device.type == "cpu", start=start)
+        try:
+            if not self.own_signals:
+                return self._train(should_stop)
+            self.signals.on_signal = lambda name, phase: self.emit("signal", {"signal": name, "phase": phase})
+            with self.signals:
+                return self._train(should_stop)
+        finally:
+            self.governor.close()
 
     def _train(self, should_stop: Callable[[int], bool] | None) -> TrainResult:
         p, c = self.progress, self.config
@@ -448,12 +543,16 @@ class Trainer:
             return self.result("budget_spent")
         if stopped_by is None and not has_budget(c):
             raise CharlstmError("no training budget: give --max-steps, --epochs or --max-time")
+        if p.step == 0:
+            self._update_reserve()  # estimated until the first validation measures it
         # on GPU, reading the loss every step would stall the pipeline: read it every few steps
         sync_every = 1 if self.device.type == "cpu" else 16
         pending: list[torch.Tensor] = []
         last_save_time = p.train_seconds
         steps_since_save = 0
         session_started, session_step, session_chars = time.perf_counter(), p.step, p.chars_seen
+        session_elapsed = p.elapsed_seconds
+        speed_from: tuple[int, int, float] | None = None  # (step, chars_seen, train_seconds) after the warm-up
         while stopped_by is None:
             started = time.perf_counter()
             lr = lr_at(c, self.budget_fraction(), p)
@@ -483,7 +582,9 @@ class Trainer:
             if p.position == len(streams):
                 p.position = 0
                 p.epoch += 1
-            p.train_seconds += time.perf_counter() - started
+            step_seconds = time.perf_counter() - started
+            p.train_seconds += step_seconds
+            self.governor.after_step(step_seconds)
             steps_since_save += 1
             self._tick()
 
@@ -506,20 +607,35 @@ class Trainer:
                 p.step - session_step,
                 p.chars_seen - session_chars,
             )
+            if c.max_time and (world == 1 or p.step % 10 == 0):
+                self._update_reserve()  # follows the machine's speed (the ranks agree on rank 0's)
+            if stopped_by is None and p.checked_chars_per_second == 0:
+                if speed_from is None and p.step - session_step >= SPEED_WARMUP_STEPS:
+                    speed_from = (p.step, p.chars_seen, p.train_seconds)
+                due = speed_from is not None and self._speed_check_due(speed_from, p.elapsed_seconds - session_elapsed)
+                if due and self._check_speed(speed_from):  # a new model: the run starts again with it
+                    p, c = self.progress, self.config
+                    model, optimizer = self.forward_model, self.optimizer
+                    model.train()
+                    pending.clear()
+                    last_save_time, steps_since_save = 0.0, 0
+                    session_started, session_step, session_chars = time.perf_counter(), 0, 0
+                    continue
             if stopped_by in ("max_steps", "max_time", "epochs"):
                 self._consume(pending)
                 self._evaluate_and_save(final=True)
                 last_save_time, steps_since_save = p.train_seconds, 0
-            elif stopped_by is None and p.step % c.eval_every == 0:
+            elif stopped_by is None and self._validation_due():
                 self._consume(pending)
                 # a validation that would end past a time budget is left to the final one, which comes anyway
                 # (single-process only: each rank times its own validations, and ranks must decide alike)
-                if not (world == 1 and c.max_time and remaining is not None and remaining < self.last_eval_seconds):
+                left = schedule.training_seconds(c, p) - p.elapsed_seconds if c.max_time else None
+                if not (world == 1 and left is not None and left < self.last_eval_seconds):
                     self._evaluate_and_save()
                     last_save_time, steps_since_save = p.train_seconds, 0
             elif stopped_by is not None or self._save_due(steps_since_save, p.train_seconds - last_save_time):
                 self._consume(pending)
-                if stopped_by is not None and p.step % c.eval_every == 0:
+                if stopped_by is not None and self._validation_due():
                     p.eval_pending = True  # stopped where a validation was due: it runs first on resume
                 self.save()
                 last_save_time, steps_since_save = p.train_seconds, 0
@@ -536,7 +652,7 @@ class Trainer:
                 "step",
                 {
                     "step": p.step,
-                    "fraction": self.budget_fraction(),
+                    "fraction": schedule.run_fraction(c, p, streams.num_targets),
                     "loss": self.recent_loss,
                     "chars_per_second": chars_per_second(p.chars_seen, p.train_seconds),
                     "lr": lr,
@@ -548,6 +664,94 @@ class Trainer:
         if stopped_by == "interrupt":
             stopped_by = f"interrupt ({self.signals.received or 'signal to another rank'})"
         return self.result(stopped_by)
+
+    def _validation_due(self) -> bool:
+        """Whether a periodic validation is due after this step: every --eval-every steps when given, else each
+        time another 1/VALIDATIONS_PER_RUN of the budget is spent (by the clock for a time budget, so that a run
+        draws the same curve on a fast or a slow machine), MIN_STEPS_BETWEEN_VALIDATIONS steps apart at least."""
+        c, p = self.config, self.progress
+        if c.eval_every:
+            return p.step % c.eval_every == 0
+        if p.step - p.last_eval_step < MIN_STEPS_BETWEEN_VALIDATIONS:
+            return False
+        return int(self.budget_fraction() * VALIDATIONS_PER_RUN) > int(p.last_eval_fraction * VALIDATIONS_PER_RUN)
+
+    def _speed_check_due(self, speed_from: tuple[int, int, float], session_elapsed: float) -> bool:
+        """The early check of the speed: SPEED_CHECK_STEPS steps after the warm-up at least, and a few seconds of
+        the run's clock (the ranks agree on it)."""
+        c = self.config
+        wanted = max(SPEED_CHECK_SECONDS, SPEED_CHECK_SHARE * c.max_time) if c.max_time else SPEED_CHECK_SECONDS
+        return self.progress.step - speed_from[0] >= SPEED_CHECK_STEPS and session_elapsed >= wanted
+
+    def _check_speed(self, speed_from: tuple[int, int, float]) -> bool:
+        """Measure the training speed since the warm-up and record it. Where it is more than REPLAN_FACTOR times
+        off what --size auto planned, choose again for it: a new shape starts the run again (what was trained,
+        a few percent of the budget, is dropped) unless the run was resumed or is past REPLAN_WITHIN; the
+        budget's schedule and validation cadence follow the clock anyway. Says so in one line. Returns whether
+        the run starts again."""
+        p, c = self.progress, self.config
+        _, chars, seconds = speed_from
+        measured = chars_per_second(p.chars_seen - chars, p.train_seconds - seconds)
+        measured = self.dist.agree(measured)[0]  # rank 0's, so that every rank decides alike
+        p.checked_chars_per_second = measured
+        planned = c.planned_chars_per_second
+        if self.plan is None or not c.max_time or not sizing.off_plan(planned, measured):
+            return False
+        left = max(1.0, c.max_time - p.elapsed_seconds)
+        model_config, train_config, plan = sizing.replan(self.plan, self.model_config, c, measured, left)
+        head = sizing.speed_words(measured, planned)
+        was = f"{self.model_config.layers} x {self.model_config.hidden}"
+        now = f"{model_config.layers} x {model_config.hidden}"
+        if now == was or self.resume is not None or self.budget_fraction() > REPLAN_WITHIN:
+            text = f"{head}: keeping {was}" + ("" if now == was else f" ({now} would fit that speed; trained too far)")
+            self.config = replace(c, replanned=text)
+            self._notice(text)
+            return False
+        text = (
+            f"{head}: re-planned to {sizing.shape_words(model_config, train_config)} for the "
+            f"{format_duration(left)} left, starting again"
+        )
+        self.plan = plan
+        self._restart(
+            model_config,
+            replace(
+                train_config,
+                batch_size=c.batch_size,
+                seq_len=c.seq_len,
+                planned_chars_per_second=planned,
+                replanned=text,
+            ),
+        )
+        self._notice(text)
+        return True
+
+    def _restart(self, model_config: ModelConfig, train_config: TrainConfig) -> None:
+        """Start the run again with another model (a re-plan early in the run): new weights and optimiser, and the
+        progress back to step 0 but for the wall clock; the learning rate warms up again from zero."""
+        old = self.progress
+        self.model_config, self.config = replace(model_config, vocab_size=len(self.vocab)), train_config
+        torch.manual_seed(train_config.seed)
+        self.model = CharRNN(self.model_config).to(self.device)
+        if self.dist.rank > 0:
+            torch.manual_seed(train_config.seed + self.dist.rank)
+        self.forward_model = self._wrap(self.model)
+        self.optimizer = self._make_optimizer()
+        self.progress = Progress(
+            elapsed_seconds=old.elapsed_seconds,
+            end_reserve_seconds=old.end_reserve_seconds,
+            checked_chars_per_second=old.checked_chars_per_second,
+        )
+        fraction = self.budget_fraction()
+        self.progress.ramp_from, self.progress.ramp_to, self.progress.ramp_lr = (
+            fraction,
+            min(1.0, fraction + train_config.warmup_frac),
+            0.0,
+        )
+        self.state, self.recent_loss, self.start_states, self.sampled_at = None, None, None, -1
+        self.governor.reset()
+        if self.dist.is_main:
+            rundir.rewrite_metrics(self.run_dir, [])
+            rundir.rewrite_samples(self.run_dir, [])
 
     def _consume(self, pending: list[torch.Tensor]) -> None:
         """Read the pending losses off the device into the running mean; a NaN/inf stops the run unsaved."""

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from .helpers import charlstm_command, cli_flags, invoke
+from .helpers import assert_one_error, charlstm_command, cli_flags, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 TINY = cli_flags(hidden=32, embed=8, batch_size=4, seq_len=16, eval_every=10)
@@ -131,13 +131,42 @@ def test_signal_saves_and_prints_how_to_resume(tmp_path, corpus_file, signum):
     time.sleep(0.5)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr  # saved, but signalled
     assert "Traceback" not in stderr
     assert "--resume" in stderr and signal.Signals(signum).name in stderr
     step = int(re.search(r"at step (\d+)", stderr).group(1))
     assert step > 0
     info = invoke("info", run / "latest.pt", "--json")
     assert json.loads(info.output)["step"] == step
+
+
+def test_a_run_that_fails_to_start_leaves_its_directory_as_it_found_it(tmp_path, corpus_file, monkeypatch):
+    """An empty corpus, or a flag found wrong once the corpus is read (after the run directory is locked): one
+    error line, and no directory left behind (nor its parents) where there was none; a directory that was there
+    keeps what it had, and only that."""
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_one_error(invoke("train", empty, "--out", tmp_path / "new" / "run", "--max-steps", "2", *TINY), "empty")
+    assert not (tmp_path / "new").exists()
+    assert_one_error(invoke("train", empty, "--max-steps", "2", *TINY), "corpus is empty")
+    assert not (tmp_path / "checkpoints").exists()  # the default run directory, checkpoints/empty, and its parent
+    prime = ["--sample-prime", "€", "--out", tmp_path / "new"]
+    assert_one_error(invoke("train", corpus_file, *prime, "--max-steps", "2", *TINY), "--sample-prime")
+    assert not (tmp_path / "new").exists()
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert_one_error(invoke("train", empty, "--out", kept, "--max-steps", "2", *TINY), "corpus is empty")
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine"
+
+    run = tmp_path / "run"  # a run: its checkpoints and records are never touched
+    assert run_cli("train", corpus_file, "--out", run, "--max-steps", "2", *TINY).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert_one_error(invoke("train", empty, "--out", run, "--max-steps", "2", *TINY), "already holds a run")
+    assert_one_error(invoke("train", "--resume", run, "--sample-prime", "€", "--max-steps", "4"), "--sample-prime")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus_file, monkeypatch):

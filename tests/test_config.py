@@ -83,6 +83,7 @@ TRAIN_REFUSALS = [
     (dict(batch_size=0), "batch_size must be > 0, got 0"),
     (dict(seq_len=-1), "seq_len must be > 0, got -1"),
     (dict(eval_every=0), "eval_every must be > 0, got 0"),
+    (dict(planned_chars_per_second=-1.0), "planned_chars_per_second must be a positive number, got -1.0"),
     (dict(eval_chars=0), "eval_chars must be > 0, got 0"),
     (dict(final_eval_chars=0), "final_eval_chars must be > 0, got 0"),
     (dict(lr=0.0), "lr must be a positive number, got 0.0"),
@@ -132,8 +133,14 @@ def test_sample_config_refusals(changes, message):
 
 
 def test_corpus_config_refuses_an_unknown_record_mode():
-    with refused("records must be one of auto, file, paragraph, none, got 'lines'"):
+    with refused("records must be one of auto, file, paragraph, none, or sep:STRING (a record ends at a line"):
         CorpusConfig(records="lines").validate()
+    with pytest.raises(CharlstmError, match=r"sep:STRING .*, got '%'$"):  # a separator alone is no mode: sep:% is
+        CorpusConfig(records="%").validate()
+    for empty in ("sep:", "sep:  "):
+        with refused("records sep: needs the text of the separator line, e.g. sep:%"):
+            CorpusConfig(records=empty).validate()
+    assert CorpusConfig(records="sep:%").records == "sep:%"  # kept as given: checkpoints record it so
 
 
 def test_every_checked_field_has_a_refusal_here():
@@ -152,6 +159,7 @@ def test_every_checked_field_has_a_refusal_here():
         "stop",
         "sample_prime",  # checked against the corpus's vocabulary when training starts (test_train_samples.py)
         "size_choice",  # free text: what --size auto chose
+        "replanned",  # free text: what the run's speed check changed
     }
     every = {f for cls in (ModelConfig, TrainConfig, SampleConfig) for f in asdict(cls())}
     assert every - unchecked == covered

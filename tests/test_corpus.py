@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import charlstm.corpus as corpus_module
 import charlstm.tokens as data_module
 from charlstm import checkpoint as ckpt
 from charlstm import rundir
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.corpus import Corpus, split_paragraphs
+from charlstm.corpus import Corpus, split_paragraphs, split_records
 from charlstm.errors import CharlstmError
 from charlstm.sample import load_model, sample_text
 from charlstm.streams import Streams
@@ -21,7 +22,7 @@ from charlstm.tokens import prepare_tokens, split_train_val
 from charlstm.train import train
 from charlstm.vocab import Vocab
 
-from .helpers import SHARED_DATA, cli_flags, invoke, load_sources, notes_into, torch_threads
+from .helpers import SHARED_DATA, assert_one_error, cli_flags, invoke, load_sources, notes_into, torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
@@ -182,6 +183,94 @@ def test_paragraph_records(tmp_path):
 def test_paragraphs_split_across_chunks_match_whole(size):
     chunks = [PARAGRAPHS[i : i + size] for i in range(0, len(PARAGRAPHS), size)]
     assert list(split_paragraphs(chunks)) == list(split_paragraphs([PARAGRAPHS]))
+
+
+FORTUNES = (
+    "\n\nThe first fortune,\n\ton two lines.\n\n%\n"
+    "  %  \n"  # a separator with spaces around it: an empty record between, dropped
+    "\n\n%\n"  # a record of blank lines only: dropped
+    "100% sure\n%%\n%x\n"  # not separators: a % inside a line, %%, %x
+    "%\r\n"  # a separator with a stray CR
+    "  indented, and the file ends without a separator"
+)
+FORTUNE_RECORDS = [
+    "The first fortune,\n\ton two lines.",
+    "100% sure\n%%\n%x",
+    "  indented, and the file ends without a separator",
+]
+
+
+def joined_records(pieces) -> list[str]:
+    """(text, record ends) pieces as whole records."""
+    records, current = [], ""
+    for text, ends in pieces:
+        current += text
+        if ends:
+            records.append(current)
+            current = ""
+    assert current == "", "every piece belongs to a record that ends"
+    return records
+
+
+def test_separator_records(tmp_path):
+    """--records sep:% reads a fortune file: a record ends at a line that is % alone."""
+    path = tmp_path / "fortunes"
+    path.write_text(FORTUNES)
+    corpus = load_sources(path, records="sep:%")
+    assert corpus.is_records and corpus.config.records == "sep:%"
+    assert records_of(prepare_tokens(corpus, 0.3)) == FORTUNE_RECORDS
+    assert records_of(prepare_tokens(load_sources(path, records="sep: % "), 0.3)) == FORTUNE_RECORDS
+    assert load_sources(path, records="sep:%").fingerprint() != load_sources(path, records="paragraph").fingerprint()
+    path.write_text("a\n%\n%\nb\n%\n")  # a trailing separator ends the last record; nothing after it
+    assert records_of(prepare_tokens(load_sources(path, records="sep:%"), 0.5)) == ["a", "b"]
+    path.write_text("one\n----\ntwo\n")  # any separator
+    assert records_of(prepare_tokens(load_sources(path, records="sep:----"), 0.5)) == ["one", "two"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+def test_separator_records_split_across_chunks_match_whole(monkeypatch, size):
+    chunks = [FORTUNES[i : i + size] for i in range(0, len(FORTUNES), size)]
+    assert (
+        list(split_records(chunks, "%")) == list(split_records([FORTUNES], "%")) == [(r, True) for r in FORTUNE_RECORDS]
+    )
+    # records longer than a read chunk come in pieces (memory stays flat), the same records once joined; a % cut
+    # from its long line by a chunk boundary is no separator
+    monkeypatch.setattr(corpus_module, "READ_CHUNK", 4)
+    assert joined_records(split_records(chunks, "%")) == FORTUNE_RECORDS
+    long_line = "abcdefghij%\n%\nx"
+    cut = [long_line[i : i + size] for i in range(0, len(long_line), size)]
+    assert joined_records(split_records(cut, "%")) == ["abcdefghij%", "x"]
+
+
+def test_an_empty_separator_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "fortunes"
+    path.write_text(FORTUNES)
+    for records in ("sep:", "sep: "):
+        assert_one_error(invoke("train", path, "--records", records, "--max-steps", "1"), "--records sep: needs")
+    refused = assert_one_error(invoke("train", path, "--records", "%", "--max-steps", "1"), "--records must be one")
+    assert "sep:STRING" in refused
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_separator_records_train_info_and_resume(tmp_path, monkeypatch):
+    """A fortune file trained with --records sep:%: its checkpoint records the mode, and --resume (no corpus
+    given) reads the file into the same records again."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "fortunes"
+    path.write_text(
+        "".join(f"Fortune number {i}:\nthe {'quick brown fox ' * (i % 4 + 1)}jumps.\n%\n" for i in range(40))
+    )
+    tiny = cli_flags(hidden=16, embed=8, batch_size=4, seq_len=8, eval_every=5, size="fixed")
+    result = invoke("train", path, "--records", "sep:%", "--max-steps", "3", *tiny)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "checkpoints" / "fortunes"
+    info = json.loads(invoke("info", run, "--json").output)
+    assert info["records"] == 40 and info["corpus"]["config"]["records"] == "sep:%"
+    resumed = invoke("train", "--resume", run, "--max-steps", "5", *tiny)
+    assert resumed.exit_code == 0, resumed.output
+    info = json.loads(invoke("info", run, "--json").output)
+    assert info["step"] == 5 and info["records"] == 40 and info["corpus"]["config"]["records"] == "sep:%"
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])

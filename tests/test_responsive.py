@@ -53,6 +53,119 @@ def test_periodic_slice_is_fixed_seeded_and_bounded():
     assert small.whole and small.chars == 50_000 - 1  # every target of a split smaller than the slice
 
 
+def test_periodic_slice_takes_one_segment_from_each_stretch_of_the_split():
+    """Spread over the split in proportion to its characters, so that its figure stands for the whole split."""
+    big = 1_000_000
+    chosen = validation.choose_slice(big, 65_536, seed=3)
+    total = validation.num_segments(big)
+    edges = np.linspace(0, total, len(chosen.segments) + 1).round()
+    stretch = np.searchsorted(edges, chosen.segments, side="right") - 1
+    assert stretch.tolist() == list(range(len(chosen.segments)))  # one segment in each of the equal stretches
+    assert np.diff(edges).max() <= total / len(chosen.segments) + 1
+
+
+def test_final_slice_scores_the_periodic_segments_first_then_covers_the_split():
+    val_len = 400_000
+    periodic = validation.choose_slice(val_len, 16_384, seed=1)
+    final = validation.final_slice(val_len, 10**9, periodic, seed=2)
+    n = len(periodic.segments)
+    assert final.periodic == n and sorted(final.segments[:n]) == sorted(periodic.segments)
+    assert final.whole and sorted(final.segments) == list(range(validation.num_segments(val_len)))
+    # any first part of it is a sample of the whole split: its first 2n segments reach every quarter of the split
+    quarters = set((final.segments[: 2 * n] * 4 // validation.num_segments(val_len)).tolist())
+    assert quarters == {0, 1, 2, 3}
+    bounded = validation.final_slice(val_len, 65_536, periodic, seed=2)
+    assert not bounded.whole and len(bounded.segments) == 65_536 // validation.SEGMENT
+    assert len(set(bounded.segments.tolist())) == len(bounded.segments)
+
+
+def test_a_deadline_ends_the_scoring_after_a_first_batch():
+    torch.manual_seed(0)
+    ids = np.random.default_rng(0).integers(0, 12, 200_000).astype(np.uint8)
+    model = CharRNN(ModelConfig(vocab_size=12, hidden=16, embed=8))
+    periodic = validation.choose_slice(len(ids), 8192, seed=0)
+    final = validation.final_slice(len(ids), 10**9, periodic, seed=1)
+    scores = validation.score_slice(
+        model, ids, final, torch.device("cpu"), None, deadline=time.perf_counter() - 1, at_least=1
+    )
+    assert scores.done == validation.ROWS < len(final.segments)  # one batch of segments, then the deadline
+    whole = validation.score_slice(model, ids, final, torch.device("cpu"), None)
+    assert whole.done == len(final.segments) and whole.chars == len(ids) - 1
+    assert scores.mean() == pytest.approx(whole.mean(0, validation.ROWS))
+    assert whole.mean() == pytest.approx(validation.evaluate_slice(model, ids, final, torch.device("cpu"), None))
+
+
+def test_validations_follow_the_budget(tmp_path):
+    """Without --eval-every, a validation each time another eighth of the budget is spent, at least 10 steps
+    apart: eight rows for 80 steps (the last one the final evaluation), three for 24."""
+    corpus = memory_corpus(20_000, seed=2)
+    train(corpus, tiny_model(), tiny_train(max_steps=80, eval_every=None), tmp_path / "a")
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "a")] == [10, 20, 30, 40, 50, 60, 70, 80]
+    train(corpus, tiny_model(), tiny_train(max_steps=24, eval_every=None), tmp_path / "b")
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "b")] == [10, 20, 24]
+
+
+@pytest.mark.slow
+def test_a_time_budget_validates_by_the_clock_and_ends_on_time(tmp_path):
+    """A slow machine and a fast one draw the same curve: validations at eighths of the wall clock, and the run
+    (final evaluation and save included) ends within --max-time."""
+    corpus = memory_corpus(60_000, seed=4)
+    events = []
+    started = time.perf_counter()
+    result = train(
+        corpus,
+        tiny_model(),
+        tiny_train(max_time=4.0, eval_every=None),
+        tmp_path / "r",
+        on_event=lambda kind, data: events.append((kind, data)),
+    )
+    wall = time.perf_counter() - started
+    rows = rundir.read_metrics(tmp_path / "r")
+    assert 6 <= len(rows) <= 8 and "final_val_loss" in rows[-1]
+    elapsed = [r["elapsed"] for r in rows[:-1]]
+    assert all(b - a > 0.25 for a, b in zip(elapsed, elapsed[1:]))  # spread over the clock, not bunched
+    assert result.elapsed_seconds <= 4.0 + 0.3 and wall <= 4.0 + 1.0
+    fractions = [d["fraction"] for kind, d in events if kind == "progress"]
+    assert fractions and fractions == sorted(fractions)  # the bar moves during validations too
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["speed"]["realised_chars_per_second"] > 0 and run["speed"]["checked_chars_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_a_plan_far_off_the_real_speed_is_made_again(tmp_path):
+    """--size auto planned for a device 50 times slower than this one: the early check measures the real speed,
+    chooses a larger model and starts again with it, and says so in one line; run.json keeps both speeds."""
+    from charlstm import sizing
+
+    corpus = memory_corpus(400_000, seed=6)
+    notes = []
+
+    def size_for(train_chars, vocab_size, model_config, train_config):
+        slow = sizing.StepCost(fixed=0.05, per_param=2e-7, batch=8, seq_len=16)  # ~50x slower than a tiny step
+        plan = sizing.Plan(train_chars, vocab_size, 8, "lstm", {"batch_size": 8, "seq_len": 16}, (), slow, "")
+        return sizing.apply_plan(plan, model_config, train_config)[:2] + (plan,)
+
+    trainer = Trainer(
+        corpus,
+        tiny_model(layers=1, embed=8),
+        tiny_train(max_time=8.0, eval_every=None),
+        tmp_path / "r",
+        on_event=notes_into(notes),
+        size_for=size_for,
+    )
+    planned_hidden = trainer.model_config.hidden
+    result = trainer.train()
+    replanned = [n for n in notes if "where the plan expected" in n]
+    assert len(replanned) == 1 and "re-planned to" in replanned[0], notes
+    assert trainer.model_config.hidden > planned_hidden and result.stopped_by == "max_time"
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    speed = run["speed"]
+    assert speed["checked_chars_per_second"] > 2 * speed["planned_chars_per_second"]
+    assert speed["replanned"] == replanned[0].removeprefix("note: ")
+    assert run["model_config"]["hidden"] == trainer.model_config.hidden
+    assert rundir.read_metrics(tmp_path / "r")[0]["step"] >= 10  # the curve is the new model's
+
+
 def test_whole_split_slice_matches_the_carried_state_evaluation():
     """Segments with a burn-in score (almost) what one stream with its state carried over the whole split does."""
     torch.manual_seed(0)
@@ -94,21 +207,22 @@ def test_periodic_validation_scores_only_its_slice(tmp_path):
 @pytest.mark.slow
 def test_max_time_counts_validations(tmp_path, monkeypatch):
     """--max-time is the run's wall clock: slow validations use the budget instead of stretching the run."""
-    real = validation.evaluate_slice
+    real = validation.score_slice
 
     def slow(*args, **kwargs):
         time.sleep(0.3)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(validation, "evaluate_slice", slow)
+    monkeypatch.setattr(validation, "score_slice", slow)
     corpus = memory_corpus(3000)
     started = time.perf_counter()
     result = train(corpus, tiny_model(), tiny_train(max_time=2.0, eval_every=1), tmp_path / "r")
     wall = time.perf_counter() - started
     assert result.stopped_by == "max_time"
-    # training time alone would have run to 2 s (and taken ~100 validations of 0.3 s): most of it went to them
-    assert result.train_seconds < 1.0 < 2.0 <= result.elapsed_seconds
-    assert wall < 2.0 + 3.0  # the budget, then one final validation and save
+    # training time alone would have run to 2 s (and taken ~100 validations of 0.3 s): most of it went to them,
+    # and the end's reserve kept the final validation and save within the budget
+    assert result.train_seconds < 1.0 < result.elapsed_seconds <= 2.0 + 0.2
+    assert wall < 2.0 + 1.0
 
 
 # ------------------------------------------------------------------------------------------- signals
@@ -130,7 +244,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
     corpus = memory_corpus(40_000, seed=5)
     # a validation that would take seconds: the whole split (20,000 characters) chunk by chunk, slowed down
     config = tiny_train(max_steps=12, eval_every=6, val_frac=0.5, eval_chars=10**6)
-    real = validation.evaluate_slice
+    real = validation.score_slice
 
     def slow_chunks(*args, should_abort=None, **kwargs):
         def abort():
@@ -142,7 +256,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
     straight = train(corpus, tiny_model(), config, tmp_path / "a")
     assert straight.step == 12
 
-    monkeypatch.setattr(validation, "evaluate_slice", slow_chunks)
+    monkeypatch.setattr(validation, "score_slice", slow_chunks)
     on_event, fired = interrupt_during("validating")
     result = train(corpus, tiny_model(), config, tmp_path / "b", on_event=on_event)
     stopped = time.perf_counter() - fired["at"]
@@ -151,7 +265,7 @@ def test_sigint_during_validation_stops_it_and_resume_is_exact(tmp_path, monkeyp
     saved = ckpt.load_checkpoint(tmp_path / "b" / "latest.pt")
     assert saved["progress"]["step"] == 6 and saved["progress"]["eval_pending"] is True
     assert rundir.read_metrics(tmp_path / "b") == []  # the cut validation wrote no row
-    monkeypatch.setattr(validation, "evaluate_slice", real)
+    monkeypatch.setattr(validation, "score_slice", real)
 
     resumed = train(corpus, tiny_model(), config, tmp_path / "x", resume_from=tmp_path / "b")
     assert resumed.step == 12

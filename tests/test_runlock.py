@@ -144,6 +144,37 @@ def test_the_lock_file_is_never_replaced(tmp_path):
     assert (tmp_path / LOCK_NAME).exists()
 
 
+def test_a_lock_file_its_holder_deleted_is_not_locked_but_the_new_one(tmp_path, monkeypatch):
+    """A holder that gives up a run it never started deletes the lock file while it holds it; a locker that had
+    opened the old file before then, and gets its lock once the holder lets go, must lock the path's new file
+    instead: else two processes would each hold a lock of the same directory."""
+    run = tmp_path / "run"
+    lock = RunLock.acquire(run)
+    lock.release(remove_file=True)
+    assert not lock.held and not (run / LOCK_NAME).exists() and run.is_dir()
+    real_open = runlock._open_lock_file
+    opened = []
+
+    def open_then_deleted_by_its_holder(run_dir, path):
+        fd = real_open(run_dir, path)
+        if not opened:  # the first file opened is deleted before it is locked
+            os.unlink(path)
+        opened.append(os.fstat(fd).st_ino)
+        return fd
+
+    monkeypatch.setattr(runlock, "_open_lock_file", open_then_deleted_by_its_holder)
+    with RunLock.acquire(run) as again:
+        assert again.held and len(opened) == 2
+        assert (run / LOCK_NAME).stat().st_ino == opened[1]  # the file the path names is the one locked
+        with open(run / LOCK_NAME, "rb") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    inner = RunLock.acquire(run)
+    nested = RunLock.acquire(run)
+    nested.release(remove_file=True)  # not the last release: the file stays, locked
+    assert inner.held and (run / LOCK_NAME).exists()
+    inner.release()
+
+
 def test_not_a_directory_read_only_link_and_no_fcntl(tmp_path, monkeypatch):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -235,7 +266,7 @@ def test_a_second_trainer_of_a_run_is_refused_at_once(tmp_path):
         assert first.poll() is None, "the first trainer goes on"
     finally:
         stop(first, signal.SIGINT)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 130, first.stderr  # stopped by SIGINT (after saving)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 5, "the run was not cleared by the --overwrite"
     assert steps == sorted(set(steps)), "each evaluation written once, by one trainer"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import charlstm.train as train_module
-from charlstm import sizing
+from charlstm import sizing, threads
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.device import check_autocast
 from charlstm.errors import CharlstmError
@@ -93,8 +93,9 @@ def test_given_values_are_kept():
 
 @pytest.mark.slow
 def test_calibration_measures_a_positive_cost():
-    cost, seconds = sizing.calibrate(VOCAB, torch.device("cpu"), batch=4, seq_len=8, widths=(16, 256), steps=2)
+    cost, seconds = sizing.calibrate(VOCAB, torch.device("cpu"), batch=4, seq_len=8, widths=(16, 256), rounds=3)
     assert cost.per_param >= 0 and cost.fixed > 0 and seconds > 0
+    assert cost.threads in threads.candidates(torch.get_num_threads())  # the fastest count, named
     assert cost.chars_per_second(10_000) > cost.chars_per_second(10_000_000)
 
 
@@ -205,11 +206,23 @@ def test_a_time_budget_measures_the_device(tmp_path):
     assert run_json(tmp_path / "run")["elapsed_seconds"] < 6
 
 
-def test_validations_are_spread_over_the_run():
-    short = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=300), None)
-    long = choose_size(SHAKESPEARE_CHARS, VOCAB, TrainConfig(max_steps=30_000), None)
-    assert short.schedule["eval_every"] == TrainConfig.eval_every  # never more often than the default
-    assert long.schedule["eval_every"] == 30_000 // sizing.VALIDATIONS_PER_RUN
+def test_a_plan_is_made_again_from_the_measured_speed():
+    budget = TrainConfig(max_time=600)
+    model = ModelConfig(vocab_size=VOCAB)
+    plan = sizing.Plan(50_000_000, VOCAB, 64, "lstm", {}, (), CPU, "")
+    small_model, small_train, _ = sizing.apply_plan(plan, model, budget)
+    assert small_train.planned_chars_per_second == pytest.approx(
+        CPU.chars_per_second(count_params(small_model.layers, small_model.hidden, 64, VOCAB)), rel=1e-3
+    )
+    assert not sizing.off_plan(small_train.planned_chars_per_second, 1.9 * small_train.planned_chars_per_second)
+    assert sizing.off_plan(small_train.planned_chars_per_second, 2.1 * small_train.planned_chars_per_second)
+    faster = 8 * small_train.planned_chars_per_second
+    big_model, big_train, new_plan = sizing.replan(plan, small_model, small_train, faster, 580)
+    assert count_params(big_model.layers, big_model.hidden, 64, VOCAB) > count_params(
+        small_model.layers, small_model.hidden, 64, VOCAB
+    )
+    assert new_plan.cost.chars_per_second(1000) == pytest.approx(8 * CPU.chars_per_second(1000))
+    assert "speed measured in training" in big_train.size_choice
 
 
 def test_dropout_once_the_budget_covers_the_corpus_many_times():

@@ -145,8 +145,9 @@ def test_nan_loss_stops_without_saving_poisoned_weights(tmp_path, corpus):
 
 def test_time_budget_and_schedule(tmp_path, corpus):
     result = train(corpus, tiny_model(), tiny_train(max_time=1.0, eval_every=10_000), tmp_path / "r")
-    # --max-time limits the run's wall clock (validations and saves included); the training steps are part of it
-    assert result.stopped_by == "max_time" and result.elapsed_seconds >= 1.0
+    # --max-time limits the run's wall clock (validations and saves included, the final one too); the training
+    # steps are part of it
+    assert result.stopped_by == "max_time" and 0.5 <= result.elapsed_seconds <= 1.0 + 0.3
     assert 0 < result.train_seconds <= result.elapsed_seconds
     config = TrainConfig(lr=1.0, warmup_frac=0.1, min_lr_frac=0.1)
     assert lr_at(config, 0.0) < 0.05 and lr_at(config, 0.1) == pytest.approx(1.0)
