@@ -264,7 +264,8 @@ def ngram_baseline(run_dir: Path) -> dict:
     val = np.asarray(data.val, dtype=np.int64)
     model = KneserNey(np.asarray(data.train), len(loaded.vocab), max(ORDERS))
     train_config = loaded.payload.get("train_config") or {}
-    final = validation.choose_slice(len(val), train_config["final_eval_chars"], train_config["seed"] + 1)
+    periodic = validation.choose_slice(len(val), train_config["eval_chars"], train_config["seed"])
+    final = validation.final_slice(len(val), train_config["final_eval_chars"], periodic, train_config["seed"] + 1)
     # targets are positions 1..len-1 (probability index p - 1); a segment scores positions [start, end)
     mask = np.zeros(len(val) - 1, dtype=bool)
     for segment in final.segments:

@@ -148,6 +148,7 @@ class Trainer:
         self.step_seconds_then: float | None = None  # the training step's time when seconds_per_segment was measured
         self.save_seconds: float | None = None
         self.sample_seconds = 0.0
+        self.final_scored: tuple[int, bool] | None = None  # (characters, whole split) of this session's final
         self.governor: threads.ThreadGovernor | None = None  # the CPU thread count (set while training)
 
         # model and optimiser
@@ -319,7 +320,9 @@ class Trainer:
             "periodic_chars": self.periodic_slice.chars,
             "periodic_whole_split": self.periodic_slice.whole,
             "final_chars": self.final_slice.chars,
-            "final_whole_split": self.final_slice.whole,
+            # what the final evaluation scored: less than its slice when --max-time ended it early
+            "final_scored_chars": self.final_scored[0] if self.final_scored else None,
+            "final_whole_split": self.final_slice.whole if not self.final_scored else self.final_scored[1],
         }
 
     def result(self, stopped_by: str) -> TrainResult:
@@ -441,6 +444,7 @@ class Trainer:
             whole = chosen.whole and scores.done == len(chosen.segments)
             p.final_val_loss = scores.mean()
             row.update(final_val_loss=p.final_val_loss, final_val_chars=scores.chars, final_whole=whole)
+            self.final_scored = (scores.chars, whole)
             if scores.done < len(chosen.segments):
                 self._notice(
                     f"the final evaluation scored {scores.chars:,} of {chosen.chars:,} characters to end within "
