@@ -285,13 +285,12 @@ def calibrate(
     counts = threads.candidates(most) if device.type == "cpu" else [most]
     fastest: dict[tuple[int, int], float] = {}
     try:
-        for count in counts:
-            torch.set_num_threads(count)
-            for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
-                # allocations, kernels, bf16 weight copies (warm after the first count: one step for the threads)
-                for _ in range(WARMUP_STEPS if count == counts[0] else 1):
-                    step(model, optimizer)
-                fastest[count, i] = math.inf
+        # warm up on the fewest threads (on a busy machine the others can be ten times slower); a count's first
+        # step after that is warm enough to time
+        torch.set_num_threads(counts[-1])
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for _ in range(WARMUP_STEPS):  # allocations, kernels, bf16 weight copies
+                step(model, optimizer)
         timed_from = time.perf_counter()
         for round_ in range(max(3, rounds)):
             if round_ >= 3 and time.perf_counter() - timed_from > seconds:
@@ -299,7 +298,10 @@ def calibrate(
             for count in counts:
                 torch.set_num_threads(count)
                 for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
-                    fastest[count, i] = min(fastest[count, i], step(model, optimizer))
+                    fastest[count, i] = min(fastest.get((count, i), math.inf), step(model, optimizer))
+            # a count twice as slow as the best on the wider model will not win: stop spending time on it
+            quickest = min(fastest[count, 1] for count in counts)
+            counts = [count for count in counts if fastest[count, 1] <= 2 * quickest]
     finally:
         torch.set_num_threads(most)
     best = min(counts, key=lambda count: fastest[count, 1])  # the count that steps the wider model fastest
