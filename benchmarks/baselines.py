@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.evaluate import evaluate, training_data  # noqa: E402
-from charlstm.ngram import KneserNey, parse_orders  # noqa: E402
-from charlstm.sample import load_model  # noqa: E402
+from charlstm.evaluate.ngram import KneserNey, parse_orders  # noqa: E402
+from charlstm.evaluate.scoring import evaluate, training_data  # noqa: E402
+from charlstm.generate.sample import load_model  # noqa: E402
 
 
 def main() -> None:

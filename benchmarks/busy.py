@@ -37,11 +37,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm import rundir, validation  # noqa: E402
 from charlstm.errors import CharlstmError  # noqa: E402
-from charlstm.evaluate import training_data  # noqa: E402
-from charlstm.ngram import KneserNey  # noqa: E402
-from charlstm.sample import load_model  # noqa: E402
+from charlstm.evaluate.ngram import KneserNey  # noqa: E402
+from charlstm.evaluate.scoring import training_data  # noqa: E402
+from charlstm.generate.sample import load_model  # noqa: E402
+from charlstm.runs import directory as rundir  # noqa: E402
+from charlstm.training import validation  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 ORDERS = (3, 4, 5, 6, 7)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import CELLS, ModelConfig, TrainConfig  # noqa: E402
-from charlstm.model import CharRNN, detach_state  # noqa: E402
+from charlstm.model.charrnn import CharRNN, detach_state  # noqa: E402
 
 VOCAB = 65
 

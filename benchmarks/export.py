@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, train_for
-from charlstm import checkpoint as ckpt
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, SampleConfig
-from charlstm.model import CharRNN
-from charlstm.sample import load_model, sample_text
+from charlstm.generate.sample import load_model, sample_text
+from charlstm.model.charrnn import CharRNN
 from tests.browser import open_page, start_browser
 
 CELLS = ("lstm", "gru", "rnn")

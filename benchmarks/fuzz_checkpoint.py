@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.corpus import Corpus  # noqa: E402
+from charlstm.data.corpus import Corpus  # noqa: E402
 
 OUTCOMES = ("loaded", "refused", "BAD")
 MARKER_NAME = "pwned"
@@ -114,7 +114,7 @@ def _rank_states(ranks: int) -> list[dict[str, torch.Tensor]]:
 
 def make_seeds(work: Path) -> list[Seed]:
     """Train the three tiny models (about a second each) and save the variants."""
-    from charlstm.train import train
+    from charlstm.training.run import train
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -479,7 +479,7 @@ def m_expand(rng, seed, out, marker):
         hidden = int(how.rsplit("-", 1)[1])
         p["model_config"]["hidden"] = hidden
         config = ModelConfig(**p["model_config"])
-        from charlstm.payload_checks import expected_weights
+        from charlstm.checkpoint.payload_checks import expected_weights
 
         p["model"] = {k: _expanded(s) for k, s in expected_weights(config).items()}
         p.pop("optimizer", None)
@@ -1253,12 +1253,13 @@ def _reset_peak() -> None:
 
 def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     """What the commands do with a checkpoint; returns 'loaded' (or raises)."""
-    from charlstm import checkpoint as ckpt
-    from charlstm import render, sample
+    from charlstm.checkpoint import store as ckpt
+    from charlstm.cli import render
     from charlstm.config import SampleConfig, from_dict
-    from charlstm.model import CharRNN
-    from charlstm.summary import summary_of
-    from charlstm.vocab import Vocab
+    from charlstm.data.vocab import Vocab
+    from charlstm.generate import sample
+    from charlstm.model.charrnn import CharRNN
+    from charlstm.training.summary import summary_of
 
     payload = ckpt.load_model_checkpoint(path)
     # the model built as sample.load_model builds it (from the payload loaded above: one load less per case)
@@ -1270,7 +1271,7 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     render.info_rows(data)
     json.dumps(data)
     if resume:
-        from charlstm.trainer import Trainer
+        from charlstm.training.trainer import Trainer
 
         shutil.rmtree(run_dir, ignore_errors=True)
         Trainer(
@@ -1294,9 +1295,9 @@ def worker_main(as_limit_mb: int) -> None:
     os.dup2(2, 1)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    import charlstm.cli
-    import charlstm.sample
-    import charlstm.train  # noqa: F401
+    import charlstm.cli.app
+    import charlstm.generate.sample
+    import charlstm.training.run  # noqa: F401
 
     limit = _status("VmSize") + (as_limit_mb << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -1626,7 +1627,7 @@ class Fixed(random.Random):
 
 def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
     """Named hostile checkpoints, made from the LSTM seed: the memory bombs this work is about."""
-    from charlstm.payload_checks import expected_weights
+    from charlstm.checkpoint.payload_checks import expected_weights
 
     lstm = next(s for s in seeds if s.name == "lstm")
     files: dict[str, Path] = {}

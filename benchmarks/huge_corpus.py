@@ -66,8 +66,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from charlstm.config import ModelConfig, TrainConfig
-    from charlstm.corpus import load_corpus
-    from charlstm.trainer import Trainer
+    from charlstm.data.corpus import load_corpus
+    from charlstm.training.trainer import Trainer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base_kb = status_kb("VmRSS")

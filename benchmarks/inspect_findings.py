@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlstm.checkpoint import load_model_checkpoint, save_checkpoint  # noqa: E402
-from charlstm.rundir import resolve_checkpoint  # noqa: E402
+from charlstm.checkpoint.store import load_model_checkpoint, save_checkpoint  # noqa: E402
+from charlstm.runs.directory import resolve_checkpoint  # noqa: E402
 from tests.browser import console_errors, open_page, start_browser  # noqa: E402
 from tests.helpers import SHARED_DATA  # noqa: E402
 

@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from common import record_parser, train_for  # noqa: E402
 
 from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
-from charlstm.corpus import Corpus, default_corpus, load_corpus  # noqa: E402
-from charlstm.sample import LoadedModel, load_model, sample_text  # noqa: E402
-from charlstm.starts import record_start_states  # noqa: E402
-from charlstm.tokens import prepare_tokens  # noqa: E402
-from charlstm.vocab import Vocab  # noqa: E402
+from charlstm.data.corpus import Corpus, default_corpus, load_corpus  # noqa: E402
+from charlstm.data.tokens import prepare_tokens  # noqa: E402
+from charlstm.data.vocab import Vocab  # noqa: E402
+from charlstm.generate.sample import LoadedModel, load_model, sample_text  # noqa: E402
+from charlstm.generate.starts import record_start_states  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 EMPTY = "(empty)"  # a sample whose first token is the end-of-record marker

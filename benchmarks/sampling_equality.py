@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
-from charlstm.model import CharRNN  # noqa: E402
-from charlstm.sample import LoadedModel, sample_text  # noqa: E402
-from charlstm.starts import record_start_states  # noqa: E402
-from charlstm.vocab import Vocab  # noqa: E402
+from charlstm.data.vocab import Vocab  # noqa: E402
+from charlstm.generate.sample import LoadedModel, sample_text  # noqa: E402
+from charlstm.generate.starts import record_start_states  # noqa: E402
+from charlstm.model.charrnn import CharRNN  # noqa: E402
 
 CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
 SETTINGS = [

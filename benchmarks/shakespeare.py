@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 from common import train_for  # noqa: E402
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.model import CharRNN  # noqa: E402
-from charlstm.streams import Streams  # noqa: E402
-from charlstm.tokens import split_train_val  # noqa: E402
-from charlstm.validation import evaluate  # noqa: E402
-from charlstm.vocab import Vocab  # noqa: E402
+from charlstm.data.streams import Streams  # noqa: E402
+from charlstm.data.tokens import split_train_val  # noqa: E402
+from charlstm.data.vocab import Vocab  # noqa: E402
+from charlstm.model.charrnn import CharRNN  # noqa: E402
+from charlstm.training.validation import evaluate  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 

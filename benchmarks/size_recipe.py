@@ -52,9 +52,9 @@ def main() -> None:
 
     import torch
 
-    import charlstm.schedule as schedule
+    import charlstm.training.budget as schedule
     from charlstm.config import CorpusConfig, ModelConfig, TrainConfig
-    from charlstm.train import train
+    from charlstm.training.run import train
 
     if threads:
         torch.set_num_threads(int(threads))

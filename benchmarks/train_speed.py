@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, TrainConfig  # noqa: E402
-from charlstm.corpus import default_corpus, load_corpus  # noqa: E402
-from charlstm.device import autocast_dtype, configure_backends, pick_device  # noqa: E402
-from charlstm.streams import IGNORE_INDEX, Streams  # noqa: E402
-from charlstm.tokens import prepare_tokens  # noqa: E402
-from charlstm.trainer import Trainer  # noqa: E402
+from charlstm.data.corpus import default_corpus, load_corpus  # noqa: E402
+from charlstm.data.streams import IGNORE_INDEX, Streams  # noqa: E402
+from charlstm.data.tokens import prepare_tokens  # noqa: E402
+from charlstm.runtime.device import autocast_dtype, configure_backends, pick_device  # noqa: E402
+from charlstm.training.trainer import Trainer  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}

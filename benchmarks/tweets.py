@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 from common import record_parser, train_for  # noqa: E402
 
 from charlstm.config import SampleConfig  # noqa: E402
-from charlstm.sample import load_model, sample_text  # noqa: E402
-from charlstm.tables import table_texts  # noqa: E402
+from charlstm.data.tables import table_texts  # noqa: E402
+from charlstm.generate.sample import load_model, sample_text  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 

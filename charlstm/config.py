@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import CharlstmError
+from charlstm.errors import CharlstmError
 
 FUSED_CELLS = ("lstm", "gru", "rnn")  # nn.LSTM / nn.GRU / nn.RNN
 CUSTOM_CELLS = ("peephole", "pseudo", "pseudo2", "cifg", "lnlstm")  # charlstm/cells.py

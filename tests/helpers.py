@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
-from charlstm.cli import app
+from charlstm.checkpoint import store as ckpt
+from charlstm.cli.app import app
 from charlstm.config import CorpusConfig, ModelConfig, TrainConfig
-from charlstm.corpus import Corpus, load_corpus
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel
-from charlstm.vocab import Vocab
+from charlstm.data.corpus import Corpus, load_corpus
+from charlstm.data.vocab import Vocab
+from charlstm.generate.sample import LoadedModel
+from charlstm.model.charrnn import CharRNN
+from charlstm.runs import directory as rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

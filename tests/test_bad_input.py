@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm import atomic, rundir
-from charlstm import checkpoint as ckpt
+from charlstm.checkpoint import store as ckpt
+from charlstm.data.textio import read_text_file
 from charlstm.errors import CharlstmError
-from charlstm.textio import read_text_file
+from charlstm.runs import directory as rundir
+from charlstm.runtime import atomic
 
 from .helpers import (
     TINY_FLAGS,

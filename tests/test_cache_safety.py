@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import charlstm.tokencache as tokencache
-import charlstm.tokens as tokens_module
+import charlstm.data.tokencache as tokencache
+import charlstm.data.tokens as tokens_module
+from charlstm.data.tokens import prepare_tokens
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.tokens import prepare_tokens
-from charlstm.vocab import Vocab
 
 from .helpers import load_sources, make_text
 

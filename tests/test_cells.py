@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from charlstm import cells, payload_checks
-from charlstm import checkpoint as ckpt
+from charlstm.checkpoint import payload_checks
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import CELLS, CUSTOM_CELLS, InvalidValue, ModelConfig, SampleConfig
-from charlstm.model import CharRNN
-from charlstm.sample import load_model, sample_text
-from charlstm.steppers import TorchStepper, make_stepper
-from charlstm.train import train
+from charlstm.generate.sample import load_model, sample_text
+from charlstm.generate.steppers import TorchStepper, make_stepper
+from charlstm.model import cells
+from charlstm.model.charrnn import CharRNN
+from charlstm.training.run import train
 
 from .helpers import (
     TINY_FLAGS,

@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
+from charlstm.checkpoint import store as ckpt
 from charlstm.errors import CharlstmError
+from charlstm.runs import directory as rundir
 
 from .helpers import CreatesFile
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm import payload_checks, rundir
+from charlstm.checkpoint import payload_checks
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN
-from charlstm.sample import load_model, sample_text
+from charlstm.generate.sample import load_model, sample_text
+from charlstm.model.charrnn import CharRNN
+from charlstm.runs import directory as rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fuzz_checkpoint", ROOT / "benchmarks" / "fuzz_checkpoint.py")

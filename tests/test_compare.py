@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from charlstm.compare import hidden_for_params, interval, welch_significant
 from charlstm.config import ModelConfig
-from charlstm.model import CharRNN
+from charlstm.experiments.compare import hidden_for_params, interval, welch_significant
+from charlstm.model.charrnn import CharRNN
 
 from .helpers import assert_ok, assert_one_error, charlstm_command, invoke, one_thread_env, write_corpus
 

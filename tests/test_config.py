@@ -332,7 +332,7 @@ def test_a_long_wrong_value_is_cut_short_in_the_message():
 def test_the_cli_names_the_flag_of_a_refused_field(args, message):
     from typer.testing import CliRunner
 
-    from charlstm.cli import app
+    from charlstm.cli.app import app
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and result.output.startswith(message), result.output

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-import charlstm.corpus as corpus_module
-import charlstm.tokens as data_module
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
+import charlstm.data.corpus as corpus_module
+import charlstm.data.tokens as data_module
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.corpus import Corpus, split_paragraphs, split_records
+from charlstm.data.corpus import Corpus, split_paragraphs, split_records
+from charlstm.data.streams import Streams
+from charlstm.data.textio import read_text_chunks, read_text_file
+from charlstm.data.tokens import prepare_tokens, split_train_val
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.sample import load_model, sample_text
-from charlstm.streams import Streams
-from charlstm.textio import read_text_chunks, read_text_file
-from charlstm.tokens import prepare_tokens, split_train_val
-from charlstm.train import train
-from charlstm.vocab import Vocab
+from charlstm.generate.sample import load_model, sample_text
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
 
 from .helpers import SHARED_DATA, assert_one_error, cli_flags, invoke, load_sources, notes_into, torch_threads
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from charlstm.data.streams import IGNORE_INDEX, Streams, fit_batch_shape
+from charlstm.data.textio import decode_bytes
+from charlstm.data.tokens import split_train_val
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.streams import IGNORE_INDEX, Streams, fit_batch_shape
-from charlstm.textio import decode_bytes
-from charlstm.tokens import split_train_val
-from charlstm.vocab import Vocab
 
 
 def test_vocab_round_trip_and_sorted():

@@ -13,17 +13,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
-from charlstm import tokens as data_module
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import TrainConfig
-from charlstm.corpus import load_corpus
-from charlstm.distributed import Distributed
+from charlstm.data import tokens as data_module
+from charlstm.data.corpus import load_corpus
+from charlstm.data.streams import Streams
 from charlstm.errors import CharlstmError
-from charlstm.loss import window_loss_sum
-from charlstm.streams import Streams
-from charlstm.train import train
-from charlstm.trainer import Trainer
+from charlstm.runs import directory as rundir
+from charlstm.runtime.distributed import Distributed
+from charlstm.training.loss import window_loss_sum
+from charlstm.training.run import train
+from charlstm.training.trainer import Trainer
 
 from . import helpers
 from .helpers import TINY_RUN_FLAGS, TORCHRUN_TWO_TRAIN, child_env, invoke, tiny_model, torch_threads, write_corpus

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm.draw import choose, draw_ids, draw_ids_numpy, filter_logits, uniform_chunks
+from charlstm.generate.next_char import choose, draw_ids, draw_ids_numpy, filter_logits, uniform_chunks
 
 # uniforms spread evenly over (0, 1), none on a multiple of 1/16 (where a CDF of the probabilities below could
 # stand, and float32 and float64 may round to either side)

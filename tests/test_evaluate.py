@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm import rundir
-from charlstm.evaluate import score_stream
-from charlstm.sample import load_model
-from charlstm.train import train
+from charlstm.evaluate.scoring import score_stream
+from charlstm.generate.sample import load_model
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
 
 from .helpers import (
     assert_ok,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm import export as export_module
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import SampleConfig
-from charlstm.sample import load_model, sample_text
+from charlstm.export import formats as export_module
+from charlstm.generate.sample import load_model, sample_text
 
 from .browser import console_errors, open_page
 from .helpers import (
@@ -366,7 +366,7 @@ def test_onnx_without_the_extra_says_how_to_install_it(runs, tmp_path, monkeypat
 def test_a_model_whose_forward_does_not_trace_is_refused_by_name(runs, tmp_path, monkeypatch, fmt):
     """A cell with a Python branch on the data (as a cell added later might have): the trace freezes one branch
     (TorchScript, caught by the check against the model) or fails (ONNX); either way one line naming the cell."""
-    from charlstm.model import CharRNN
+    from charlstm.model.charrnn import CharRNN
 
     plain = CharRNN.forward
 

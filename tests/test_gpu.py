@@ -16,14 +16,14 @@ import subprocess
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import SampleConfig
-from charlstm.corpus import load_corpus
-from charlstm.sample import LoadedModel, load_model, sample_text
-from charlstm.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
-from charlstm.train import train
-from charlstm.trainer import Trainer
+from charlstm.data.corpus import load_corpus
+from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
+from charlstm.training.trainer import Trainer
 
 from .helpers import END_OF_RECORD, TINY_RUN_FLAGS, TORCHRUN_TWO_TRAIN, child_env, tiny_model, tiny_train, write_corpus
 from .helpers import SAMPLE_CHARS as CHARS

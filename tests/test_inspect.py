@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from charlstm import rundir
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.train import train
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
 
 from .browser import console_errors, open_page
 from .helpers import assert_ok, assert_one_error, invoke, make_text, memory_corpus, torch_threads

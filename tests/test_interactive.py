@@ -11,9 +11,9 @@ import torch
 
 from charlstm.config import SampleConfig
 from charlstm.errors import CharlstmError
-from charlstm.interactive import Conversation, Session, decode_escapes
-from charlstm.sample import load_model, sample_text
-from charlstm.train import train
+from charlstm.generate.interactive import Conversation, Session, decode_escapes
+from charlstm.generate.sample import load_model, sample_text
+from charlstm.training.run import train
 
 from .helpers import ROOT, load_sources, memory_corpus, tiny_model, tiny_train, write_corpus
 

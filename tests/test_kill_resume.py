@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import charlstm.trainer as train_module
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
+import charlstm.training.trainer as train_module
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import Corpus
-from charlstm.trainer import Trainer
+from charlstm.data.corpus import Corpus
+from charlstm.runs import directory as rundir
+from charlstm.training.trainer import Trainer
 
 from .helpers import charlstm_command, cli_flags, invoke, memory_corpus, one_thread_env, saved_step, write_corpus
 
@@ -139,7 +139,7 @@ KILL_IN_SAVE = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return real_save(obj, handle, *args, **kwargs)
     torch.save = dying_save
-    from charlstm.cli import app
+    from charlstm.cli.app import app
     app(sys.argv[1:])
     """
 )

@@ -3,7 +3,7 @@ import torch
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN, detach_state, state_from_list, state_to_list
+from charlstm.model.charrnn import CharRNN, detach_state, state_from_list, state_to_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charlstm.errors import CharlstmError
-from charlstm.ngram import MAX_ORDER, KneserNey, _number, parse_orders
+from charlstm.evaluate.ngram import MAX_ORDER, KneserNey, _number, parse_orders
 
 
 @pytest.mark.parametrize("order", range(1, MAX_ORDER + 1))

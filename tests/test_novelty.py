@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from charlstm.novelty import TrainingText, read_samples
+from charlstm.evaluate.novelty import TrainingText, read_samples
 
 
 def _training(text: str) -> TrainingText:

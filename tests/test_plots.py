@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from charlstm import rundir
-from charlstm.plots import Curve, chars_unit, terminal_chart
-from charlstm.train import train
+from charlstm.cli.plots import Curve, chars_unit, terminal_chart
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
 
 from .helpers import assert_ok, assert_one_error, invoke, memory_corpus, tiny_model, tiny_train
 

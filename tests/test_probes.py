@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from charlstm.probes import ProbeConfig, make_example, remaining_count, run_probe
+from charlstm.experiments.probes import ProbeConfig, make_example, remaining_count, run_probe
 
 from .helpers import assert_ok, assert_one_error, invoke
 

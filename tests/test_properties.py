@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from charlstm.config import ModelConfig, SampleConfig
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel, sample_text
-from charlstm.streams import IGNORE_INDEX, Streams
-from charlstm.tokens import split_train_val
-from charlstm.vocab import Vocab
+from charlstm.data.streams import IGNORE_INDEX, Streams
+from charlstm.data.tokens import split_train_val
+from charlstm.data.vocab import Vocab
+from charlstm.generate.sample import LoadedModel, sample_text
+from charlstm.model.charrnn import CharRNN
 
 # characters that have broken text tools before, mixed with anything Unicode has (surrogates excluded:
 # they cannot be in a str read from a file)

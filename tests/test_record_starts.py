@@ -7,17 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm import starts
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.corpus import Corpus
+from charlstm.data.corpus import Corpus
+from charlstm.data.tokens import prepare_tokens
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel, load_model, sample_text
-from charlstm.starts import record_start_states
-from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
-from charlstm.tokens import prepare_tokens
-from charlstm.train import train
-from charlstm.vocab import Vocab
+from charlstm.generate import starts
+from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.starts import record_start_states
+from charlstm.generate.steppers import (
+    ChunkedTorchStepper,
+    NumpyGRURNNStepper,
+    NumpyLSTMStepper,
+    TorchStepper,
+    make_stepper,
+)
+from charlstm.model.charrnn import CharRNN
+from charlstm.training.run import train
 
 from .helpers import END_OF_RECORD, SAMPLE_CHARS, scaled_random_model, torch_threads
 

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-import charlstm.trainer as train_module
-from charlstm import checkpoint as ckpt
-from charlstm import rundir, validation
+import charlstm.training.trainer as train_module
+from charlstm.checkpoint import store as ckpt
+from charlstm.cli.progress import ConsoleProgress
 from charlstm.config import ModelConfig
-from charlstm.model import CharRNN
-from charlstm.progress import ConsoleProgress
-from charlstm.schedule import lr_at
-from charlstm.streams import Streams
-from charlstm.train import train
-from charlstm.trainer import Trainer
-from charlstm.validation import evaluate
+from charlstm.data.streams import Streams
+from charlstm.model.charrnn import CharRNN
+from charlstm.runs import directory as rundir
+from charlstm.training import validation
+from charlstm.training.budget import lr_at
+from charlstm.training.run import train
+from charlstm.training.trainer import Trainer
+from charlstm.training.validation import evaluate
 
 from . import helpers
 from .helpers import charlstm_command, cli_flags, curve, invoke, make_text, memory_corpus, notes_into, tiny_train
@@ -135,7 +136,7 @@ def test_a_time_budget_validates_by_the_clock_and_ends_on_time(tmp_path):
 def test_a_plan_far_off_the_real_speed_is_made_again(tmp_path):
     """--size auto planned for a device 50 times slower than this one: the early check measures the real speed,
     chooses a larger model and starts again with it, and says so in one line; run.json keeps both speeds."""
-    from charlstm import sizing
+    from charlstm.training import sizing
 
     corpus = memory_corpus(400_000, seed=6)
     notes = []

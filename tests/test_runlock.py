@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import charlstm.cli
-import charlstm.train
-from charlstm import runlock
+import charlstm.cli.app
+import charlstm.training.run
 from charlstm.errors import CharlstmError
-from charlstm.runlock import LOCK_NAME, RunLock, read_holder
+from charlstm.runs import lock as runlock
+from charlstm.runs.lock import LOCK_NAME, RunLock, read_holder
 
 from .helpers import TINY_FLAGS, charlstm_command, one_thread_env, write_corpus
 
@@ -28,7 +28,7 @@ ENV = one_thread_env()
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from charlstm.runlock import RunLock
+    from charlstm.runs.lock import RunLock
     lock = RunLock.acquire(sys.argv[1])
     print("locked", flush=True)
     time.sleep(60)
@@ -103,7 +103,7 @@ def test_another_process_holds_it_then_is_killed_and_leaves_no_stuck_lock(tmp_pa
 @pytest.mark.subprocess
 def test_a_subprocess_is_refused_while_this_process_holds_it(tmp_path):
     with RunLock.acquire(tmp_path):
-        code = "import sys\nfrom charlstm.runlock import RunLock\nRunLock.acquire(sys.argv[1])"
+        code = "import sys\nfrom charlstm.runs.lock import RunLock\nRunLock.acquire(sys.argv[1])"
         done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=ENV)
         assert done.returncode == 1 and f"by process {os.getpid()} on " in done.stderr
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=ENV)
@@ -212,7 +212,7 @@ def test_not_a_directory_read_only_link_and_no_fcntl(tmp_path, monkeypatch):
 
 
 def _lock_wired() -> bool:
-    return any("runlock" in inspect.getsource(module) for module in (charlstm.train, charlstm.cli))
+    return any("runlock" in inspect.getsource(module) for module in (charlstm.training.run, charlstm.cli.app))
 
 
 @pytest.mark.subprocess

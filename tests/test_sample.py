@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from charlstm import sample as sample_module
 from charlstm.config import ModelConfig, SampleConfig, TrainConfig
-from charlstm.draw import choose, filter_logits
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN
-from charlstm.sample import LoadedModel, load_model, sample_text
-from charlstm.train import train
-from charlstm.vocab import Vocab
+from charlstm.generate import sample as sample_module
+from charlstm.generate.next_char import choose, filter_logits
+from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.model.charrnn import CharRNN
+from charlstm.training.run import train
 
 from .helpers import memory_corpus, torch_threads
 

@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
-import charlstm.train as train_module
-from charlstm import sizing, threads
+import charlstm.training.run as train_module
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.device import check_autocast
 from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN
-from charlstm.sizing import StepCost, choose_size, count_params
+from charlstm.model.charrnn import CharRNN
+from charlstm.runtime import threads
+from charlstm.runtime.device import check_autocast
+from charlstm.training import sizing
+from charlstm.training.sizing import StepCost, choose_size, count_params
 
 from .helpers import assert_ok, assert_one_error, invoke, write_corpus
 

@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from charlstm import draw, steppers
 from charlstm.config import SampleConfig
-from charlstm.draw import draw_ids, draw_ids_numpy, uniform_chunks
-from charlstm.sample import sample_text
-from charlstm.starts import record_start_states
-from charlstm.steppers import ChunkedTorchStepper, NumpyGRURNNStepper, NumpyLSTMStepper, TorchStepper, make_stepper
+from charlstm.generate import next_char as draw
+from charlstm.generate import steppers
+from charlstm.generate.next_char import draw_ids, draw_ids_numpy, uniform_chunks
+from charlstm.generate.sample import sample_text
+from charlstm.generate.starts import record_start_states
+from charlstm.generate.steppers import (
+    ChunkedTorchStepper,
+    NumpyGRURNNStepper,
+    NumpyLSTMStepper,
+    TorchStepper,
+    make_stepper,
+)
 
 from .helpers import END_OF_RECORD, torch_threads
 from .helpers import SAMPLE_CHARS as CHARS

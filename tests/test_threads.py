@@ -2,7 +2,7 @@
 
 import torch
 
-from charlstm import threads
+from charlstm.runtime import threads
 
 
 class FakeMachine:

@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from charlstm.errors import CharlstmError
-from charlstm.features import bracket_depth, feature_values, in_quotes, indent, line_position, pearson, rank_units
-from charlstm.trace import GRU_QUANTITIES, LSTM_QUANTITIES, Trace, gate_saturation, trace
+from charlstm.insight.features import (
+    bracket_depth,
+    feature_values,
+    in_quotes,
+    indent,
+    line_position,
+    pearson,
+    rank_units,
+)
+from charlstm.insight.trace import GRU_QUANTITIES, LSTM_QUANTITIES, Trace, gate_saturation, trace
 from tests.helpers import scaled_random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,7 +180,7 @@ def test_units_are_ranked_by_absolute_pearson_r():
 
 def test_joined_traces_are_each_reading_from_zeros_one_after_another():
     """inspect_model's pieces (a probe's sequences): each read from zeros, then laid end to end."""
-    from charlstm.inspector import join_traces
+    from charlstm.insight.inspector import join_traces
 
     model = scaled_random_model(7, "lstm", layers=2, hidden=6, seed=3)
     first, second = [1, 2, 3, 4], [5, 6, 0]

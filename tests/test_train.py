@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 
-from charlstm import checkpoint as ckpt
-from charlstm import rundir
+from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.corpus import Corpus
+from charlstm.data.corpus import Corpus
 from charlstm.errors import CharlstmError
-from charlstm.schedule import lr_at
-from charlstm.train import train
-from charlstm.trainer import Trainer
+from charlstm.runs import directory as rundir
+from charlstm.training.budget import lr_at
+from charlstm.training.run import train
+from charlstm.training.trainer import Trainer
 
 from . import helpers
 from .helpers import curve, memory_corpus, notes_into, tiny_train

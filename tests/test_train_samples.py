@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from charlstm import rundir
-from charlstm.progress import ConsoleProgress, sample_lines
-from charlstm.train import train
+from charlstm.cli.progress import ConsoleProgress, sample_lines
+from charlstm.runs import directory as rundir
+from charlstm.training.run import train
 
 from . import helpers
 from .helpers import assert_ok, assert_one_error, curve, invoke, memory_corpus, tiny_train, write_corpus

@@ -1,0 +1,1 @@
+"""The essays' experiments: synthetic probes of memory, and cells compared side by side over seeds."""

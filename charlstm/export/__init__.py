@@ -1,0 +1,1 @@
+"""A trained model in other formats: ONNX, TorchScript, a page that writes in the browser."""
