@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from charlstm.evaluate.ngram import KneserNey, parse_orders  # noqa: E402
 from charlstm.evaluate.scoring import evaluate, training_data  # noqa: E402
-from charlstm.generate.sample import load_model  # noqa: E402
+from charlstm.runs.model_file import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from charlstm.errors import CharlstmError  # noqa: E402
 from charlstm.evaluate.ngram import KneserNey  # noqa: E402
 from charlstm.evaluate.scoring import training_data  # noqa: E402
-from charlstm.generate.sample import load_model  # noqa: E402
 from charlstm.runs import directory as rundir  # noqa: E402
+from charlstm.runs.model_file import load_model  # noqa: E402
 from charlstm.training import validation  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

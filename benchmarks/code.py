@@ -34,7 +34,8 @@ from common import record_parser, train_for  # noqa: E402
 from charlstm.config import SampleConfig  # noqa: E402
 from charlstm.data.corpus import default_corpus  # noqa: E402
 from charlstm.data.textio import read_text_file  # noqa: E402
-from charlstm.generate.sample import load_model, sample_text  # noqa: E402
+from charlstm.generate.sample import sample_text  # noqa: E402
+from charlstm.runs.model_file import load_model  # noqa: E402
 
 
 def parses(source: str) -> bool:

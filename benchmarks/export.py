@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, train_for
 from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, SampleConfig
-from charlstm.generate.sample import load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.model.charrnn import CharRNN
+from charlstm.runs.model_file import load_model
 from tests.browser import open_page, start_browser
 
 CELLS = ("lstm", "gru", "rnn")

@@ -8,7 +8,7 @@ byte level (flip or cut bytes of the file, or rewrite the zip with edited record
 pickle, compressed entries...), and hands the file to a worker process that runs what the commands run:
 
     checkpoint.load_model_checkpoint(path)          every command's one check
-    sample.load_model(path) + sample_text(...)      `charlstm sample` (model built, 8 characters drawn)
+    model_file.load_model(path) + sample_text(...)  `charlstm sample` (model built, 8 characters drawn)
     cli._info(path) (+ its rows, json.dumps)        `charlstm info`
     train.Trainer(corpus, ..., resume_from=path)    `charlstm train --resume` (every --resume-every'th case)
 
@@ -479,9 +479,9 @@ def m_expand(rng, seed, out, marker):
         hidden = int(how.rsplit("-", 1)[1])
         p["model_config"]["hidden"] = hidden
         config = ModelConfig(**p["model_config"])
-        from charlstm.checkpoint.payload_checks import expected_weights
+        from charlstm.model.charrnn import weight_shapes
 
-        p["model"] = {k: _expanded(s) for k, s in expected_weights(config).items()}
+        p["model"] = {k: _expanded(s) for k, s in weight_shapes(config).items()}
         p.pop("optimizer", None)
         p.pop("hidden", None)
         p.pop("start_states", None)
@@ -1257,16 +1257,17 @@ def _targets(path: Path, seed_name: str, resume: bool, run_dir: Path) -> str:
     from charlstm.cli import render
     from charlstm.config import SampleConfig, from_dict
     from charlstm.data.vocab import Vocab
-    from charlstm.generate import sample
+    from charlstm.generate.sample import sample_text
     from charlstm.model.charrnn import CharRNN
+    from charlstm.runs.model_file import LoadedModel
     from charlstm.training.summary import summary_of
 
     payload = ckpt.load_model_checkpoint(path)
-    # the model built as sample.load_model builds it (from the payload loaded above: one load less per case)
+    # the model built as model_file.load_model builds it (from the payload loaded above: one load less per case)
     model = CharRNN(from_dict(ModelConfig, payload["model_config"]))
     model.load_state_dict(payload["model"])
-    loaded = sample.LoadedModel(model=model.eval(), vocab=Vocab(payload["vocab"]), path=path, payload=payload)
-    sample.sample_text(loaded, SampleConfig(length=8, seed=1, num_samples=2))
+    loaded = LoadedModel(model=model.eval(), vocab=Vocab(payload["vocab"]), path=path, payload=payload)
+    sample_text(loaded, SampleConfig(length=8, seed=1, num_samples=2))
     data = summary_of(path)
     render.info_rows(data)
     json.dumps(data)
@@ -1627,14 +1628,14 @@ class Fixed(random.Random):
 
 def bomb_files(seeds: list[Seed], work: Path) -> dict[str, Path]:
     """Named hostile checkpoints, made from the LSTM seed: the memory bombs this work is about."""
-    from charlstm.checkpoint.payload_checks import expected_weights
+    from charlstm.model.charrnn import weight_shapes
 
     lstm = next(s for s in seeds if s.name == "lstm")
     files: dict[str, Path] = {}
     for hidden in (60000, 6000):
         payload = {k: v for k, v in lstm.payload.items() if k not in ("optimizer", "hidden")}
         payload["model_config"] = {**payload["model_config"], "hidden": hidden}
-        shapes = expected_weights(ModelConfig(**payload["model_config"]))
+        shapes = weight_shapes(ModelConfig(**payload["model_config"]))
         payload["model"] = {name: torch.zeros(1).expand(shape) for name, shape in shapes.items()}
         files[f"stride-0 weights, hidden {hidden}"] = work / f"bomb-expand-{hidden}.pt"
         torch.save(payload, files[f"stride-0 weights, hidden {hidden}"])

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from charlstm.config import SampleConfig, parse_temperatures  # noqa: E402
 from charlstm.evaluate.novelty import LENGTHS, TrainingText  # noqa: E402
 from charlstm.evaluate.scoring import training_data  # noqa: E402
-from charlstm.generate.sample import load_model, sample_text  # noqa: E402
+from charlstm.generate.sample import sample_text  # noqa: E402
+from charlstm.runs.model_file import load_model  # noqa: E402
 
 
 def row(label: str, result) -> str:

@@ -38,8 +38,9 @@ from charlstm.config import CorpusConfig, SampleConfig  # noqa: E402
 from charlstm.data.corpus import Corpus, default_corpus, load_corpus  # noqa: E402
 from charlstm.data.tokens import prepare_tokens  # noqa: E402
 from charlstm.data.vocab import Vocab  # noqa: E402
-from charlstm.generate.sample import LoadedModel, load_model, sample_text  # noqa: E402
+from charlstm.generate.sample import sample_text  # noqa: E402
 from charlstm.generate.starts import record_start_states  # noqa: E402
+from charlstm.runs.model_file import LoadedModel, load_model  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 EMPTY = "(empty)"  # a sample whose first token is the end-of-record marker

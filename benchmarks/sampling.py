@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
 from charlstm.data.vocab import Vocab  # noqa: E402
-from charlstm.generate.sample import LoadedModel, generate  # noqa: E402
+from charlstm.generate.sample import generate  # noqa: E402
 from charlstm.model.charrnn import CharRNN  # noqa: E402
+from charlstm.runs.model_file import LoadedModel  # noqa: E402
 
 VOCAB = [chr(c) for c in range(32, 97)]  # 65 printable characters, no end-of-record entry
 TEMPERATURE = 0.8

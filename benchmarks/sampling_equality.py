@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from charlstm.config import ModelConfig, SampleConfig  # noqa: E402
 from charlstm.data.vocab import Vocab  # noqa: E402
-from charlstm.generate.sample import LoadedModel, sample_text  # noqa: E402
+from charlstm.generate.sample import sample_text  # noqa: E402
 from charlstm.generate.starts import record_start_states  # noqa: E402
 from charlstm.model.charrnn import CharRNN  # noqa: E402
+from charlstm.runs.model_file import LoadedModel  # noqa: E402
 
 CHARS = list("\n .,;abcdefghijklmnopqrstuvwxyz")
 SETTINGS = [

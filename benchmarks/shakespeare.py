@@ -31,7 +31,7 @@ from charlstm.data.streams import Streams  # noqa: E402
 from charlstm.data.tokens import split_train_val  # noqa: E402
 from charlstm.data.vocab import Vocab  # noqa: E402
 from charlstm.model.charrnn import CharRNN  # noqa: E402
-from charlstm.training.validation import evaluate  # noqa: E402
+from charlstm.training.validation import evaluate_carried  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -70,7 +70,7 @@ def bare_loop(
     if eval_ids is not None:  # score it exactly as charlstm scores itself
         model = CharRNN(model_config)
         model.embed, model.rnn, model.head = embed, lstm, head
-        val = evaluate(model, Streams(eval_ids, train_config.batch_size, train_config.seq_len), None)
+        val = evaluate_carried(model, Streams(eval_ids, train_config.batch_size, train_config.seq_len), None)
     return chars / spent, val
 
 

@@ -23,7 +23,8 @@ from common import record_parser, train_for  # noqa: E402
 
 from charlstm.config import SampleConfig  # noqa: E402
 from charlstm.data.tables import table_texts  # noqa: E402
-from charlstm.generate.sample import load_model, sample_text  # noqa: E402
+from charlstm.generate.sample import sample_text  # noqa: E402
+from charlstm.runs.model_file import load_model  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "tweets.csv"
 

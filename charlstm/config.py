@@ -10,7 +10,7 @@ from typing import Any
 from charlstm.errors import CharlstmError
 
 FUSED_CELLS = ("lstm", "gru", "rnn")  # nn.LSTM / nn.GRU / nn.RNN
-CUSTOM_CELLS = ("peephole", "pseudo", "pseudo2", "cifg", "lnlstm")  # charlstm/cells.py
+CUSTOM_CELLS = ("peephole", "pseudo", "pseudo2", "cifg", "lnlstm")  # model/cells.py
 CELLS = FUSED_CELLS + CUSTOM_CELLS
 INITS = ("default", "xavier")
 # the forget-gate bias of ModelConfig.forget_bias = None: r2rt's 1 for the custom LSTM-like cells; for lstm,
@@ -200,6 +200,8 @@ class TrainConfig:
 
 
 INTERACTIVE_LENGTH = 300  # characters per continuation in `sample --interactive` (its --length default)
+INSPECT_MAX_CHARS = 5000  # characters an inspector page holds by default (--max-chars): a 1 x 384 LSTM's page
+# stays under 10 MB
 
 
 @dataclass
@@ -271,6 +273,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def format_count(n: float) -> str:
+    """950, 42.5k, 1.2M: a count (characters, chars/s) to three significant figures, for a note."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A number read back (a loss in a checkpoint, run.json or metrics.jsonl) as a float when it is a finite one,
+    else None (NaN, infinity, a missing value, a bool or anything else)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def parse_save_every(text: str) -> dict[str, float | int]:
     """--save-every: a number of steps ('200') or a duration ('5m') -> the TrainConfig field it sets."""
     if text.strip().lstrip("+-").isdigit():
@@ -324,3 +342,42 @@ def _has_type(value: Any, annotation: str | type) -> bool:
         if fits:
             return True
     return False
+
+
+@dataclass
+class TrainingConfigs:
+    """The configs a training command's flags describe (`train`, `compare`)."""
+
+    corpus: CorpusConfig | None  # None: no corpus given (the built-in corpus, or on --resume the run's own)
+    model: ModelConfig
+    train: TrainConfig
+    explicit: set[str]  # the fields the flags gave: they win over --size auto's choices and, on resume, the saved ones
+
+
+def training_configs(paths: list[Any] | None, flags: dict[str, Any]) -> TrainingConfigs:
+    """The configs of a training command: `paths` the corpus files and directories; `flags` each flag's value by
+    the name of the config field it sets (None: not given), with --max-time and --save-every as typed and the
+    corpus's `glob`, `text_field` and `records`; other keys are ignored. The corpus flags need `paths`."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    model_values = {f.name: given[f.name] for f in fields(ModelConfig) if f.name in given}
+    typed = ("max_time", "save_every")  # as typed (durations, or steps): parsed below
+    train_values = {f.name: given[f.name] for f in fields(TrainConfig) if f.name in given and f.name not in typed}
+    if "max_time" in given:
+        train_values["max_time"] = parse_duration(given["max_time"], "--max-time")
+    if "save_every" in given:
+        train_values.update(parse_save_every(given["save_every"]))
+    explicit = set(model_values) | set(train_values)
+    model_config = ModelConfig(**model_values)
+    train_config = TrainConfig(**train_values)
+    corpus_config = None
+    if paths:
+        corpus_config = CorpusConfig(
+            paths=[str(p) for p in paths],
+            globs=list(given.get("glob") or []),
+            text_field=given.get("text_field"),
+            records=given.get("records") or CorpusConfig.records,
+            encoding=train_config.encoding,
+        )
+    elif given.get("glob") or given.get("text_field") or given.get("records"):
+        raise CharlstmError("--glob, --field and --records describe a corpus; give the corpus path too")
+    return TrainingConfigs(corpus_config, model_config, train_config, explicit)

@@ -3,7 +3,7 @@
 # for about two minutes on CPU, and print a sample.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh  # charlstm and its runtime dependencies only (scripts/test.sh adds the test and docs extras)
 .venv/bin/charlstm train --max-time "${DEMO_TIME:-2m}" --out checkpoints/demo --overwrite
 echo
 echo "──────── sample (charlstm sample checkpoints/demo --prime 'def ' --length 800) ────────"

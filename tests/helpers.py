@@ -20,9 +20,9 @@ from charlstm.cli.app import app
 from charlstm.config import CorpusConfig, ModelConfig, TrainConfig
 from charlstm.data.corpus import Corpus, load_corpus
 from charlstm.data.vocab import Vocab
-from charlstm.generate.sample import LoadedModel
 from charlstm.model.charrnn import CharRNN
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.checkpoint import payload_checks
 from charlstm.checkpoint import store as ckpt
 from charlstm.config import ModelConfig, SampleConfig
 from charlstm.errors import CharlstmError
-from charlstm.generate.sample import load_model, sample_text
-from charlstm.model.charrnn import CharRNN
+from charlstm.generate.sample import sample_text
+from charlstm.model.charrnn import CharRNN, weight_shapes
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fuzz_checkpoint", ROOT / "benchmarks" / "fuzz_checkpoint.py")
@@ -75,7 +75,7 @@ def expanded_bomb(seed: fuzz.Seed, hidden: int) -> dict:
     """The checkpoint of a model with `hidden` units whose every weight is a stride-0 view of one zero."""
     payload = {k: v for k, v in seed.payload.items() if k not in ("optimizer", "hidden", "start_states")}
     payload["model_config"] = {**payload["model_config"], "hidden": hidden}
-    shapes = payload_checks.expected_weights(ModelConfig(**payload["model_config"]))
+    shapes = weight_shapes(ModelConfig(**payload["model_config"]))
     payload["model"] = {name: torch.zeros(1).expand(shape) for name, shape in shapes.items()}
     return payload
 
@@ -293,10 +293,10 @@ def test_reader_reads_what_torch_load_reads(seeds):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_expected_weights_match_the_model(cell, layers):
+def test_weight_shapes_match_the_model(cell, layers):
     config = ModelConfig(vocab_size=11, cell=cell, layers=layers, hidden=6, embed=5)
     model = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
-    assert list(payload_checks.expected_weights(config).items()) == list(model.items())
+    assert list(weight_shapes(config).items()) == list(model.items())
 
 
 def test_save_writes_views_as_tensors_that_own_their_bytes(tmp_path):

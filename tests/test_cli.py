@@ -2,11 +2,15 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from .helpers import assert_one_error, charlstm_command, cli_flags, invoke
+from charlstm.runs import directory as rundir
+
+from .helpers import assert_one_error, charlstm_command, child_env, cli_flags, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 TINY = cli_flags(hidden=32, embed=8, batch_size=4, seq_len=16, eval_every=10)
@@ -190,3 +194,76 @@ def test_help_lists_the_commands_in_the_order_a_person_meets_them():
     order = ["train", "sample", "info", "eval", "inspect", "export", "probe", "compare"]
     positions = [result.output.find(f"│ {name} ") for name in order]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), result.output
+
+
+# ------------------------------------------------------------------------ options shared by the commands
+
+
+def test_compare_takes_the_training_flags_of_train(tmp_path, corpus_file):
+    """compare accepts train's --device (and its other training flags), and its runs are trained with them."""
+    out = tmp_path / "cmp"
+    flags = ["--cell", "lstm", "--seeds", "1", "--max-steps", "3", "--out", out, "--device", "cpu", "--size", "fixed"]
+    result = invoke("compare", corpus_file, *flags, "--sample-every", "0", "--json", *TINY)
+    assert result.exit_code == 0, result.output
+    assert [row["cell"] for row in json.loads(result.stdout)["cells"]] == ["lstm"]
+    data = json.loads(run_cli("info", out / "lstm-seed1337", "--json").output)
+    assert data["device"] == "cpu" and data["model_config"]["hidden"] == 32 and data["step"] == 3
+
+
+def test_eval_inspect_and_export_read_the_newest_run_when_none_is_given(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", corpus_file, "--max-steps", "10", *TINY).exit_code == 0
+    run = Path("checkpoints") / "corpus"
+
+    scored = invoke("eval", "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["checkpoint"] == str(run / "best.pt")
+    shown = invoke("eval")
+    assert shown.exit_code == 0 and f"Newest run: {run}" in shown.stderr and "best.pt" in shown.stdout
+
+    page = invoke("inspect", "--prime", "The ", "--length", "20", "--seed", "1", "--json")
+    assert page.exit_code == 0, page.output
+    assert (run / "inspect.html").is_file()
+
+    exported = invoke("export", "--format", "torchscript", "--device", "cpu")
+    assert exported.exit_code == 0, exported.output
+    assert (run / "corpus.torchscript").is_file() and f"Newest run: {run}" in exported.stderr
+
+
+@pytest.mark.parametrize("command", [["sample"], ["eval"], ["inspect", "--prime", "T"], ["export", "-f", "html"]])
+def test_every_command_that_runs_a_model_takes_device(tmp_path, monkeypatch, command):
+    """The same --device flag everywhere; a bad value is one error line, before the run is read."""
+    monkeypatch.chdir(tmp_path)
+    command = [command[0], "nowhere", *command[1:]]
+    assert_one_error(invoke(*command, "--device", "tpu"), "--device must be one of auto, cpu, cuda, mps")
+
+
+def test_save_every_takes_a_duration(tmp_path, corpus_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("train", corpus_file, "--max-steps", "6", "--save-every", "1h", *TINY)
+    assert result.exit_code == 0, result.output
+    saved = rundir.read_run_json(tmp_path / "checkpoints" / "corpus")["train_config"]
+    assert saved["save_every"] is None and saved["save_every_seconds"] == 3600
+
+
+@pytest.mark.subprocess
+def test_help_imports_no_torch():
+    """`charlstm --help` and every `charlstm COMMAND --help` answer without importing torch (seconds of it)."""
+    command = [sys.executable, "-X", "importtime", "-m", "charlstm", "--help"]
+    timed = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    assert timed.returncode == 0 and "train" in timed.stdout, timed.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in timed.stderr.splitlines() if "|" in line]
+    assert "charlstm.cli.app" in imported and not [m for m in imported if m.split(".")[0] == "torch"]
+    commands = ["train", "sample", "info", "eval", "inspect", "export", "probe", "compare"]
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from charlstm.cli.app import app\n"
+        f"for command in {commands!r}:\n"
+        "    result = CliRunner().invoke(app, [command, '--help'])\n"
+        "    assert result.exit_code == 0 and '--help' in result.output, (command, result.output)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -18,8 +18,9 @@ from charlstm.data.textio import read_text_chunks, read_text_file
 from charlstm.data.tokens import prepare_tokens, split_train_val
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.generate.sample import load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import load_model
 from charlstm.training.run import train
 
 from .helpers import SHARED_DATA, assert_one_error, cli_flags, invoke, load_sources, notes_into, torch_threads

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from charlstm.evaluate.scoring import score_stream
-from charlstm.generate.sample import load_model
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import load_model
 from charlstm.training.run import train
 
 from .helpers import (

@@ -19,7 +19,8 @@ import torch
 from charlstm.checkpoint import store as ckpt
 from charlstm.config import SampleConfig
 from charlstm.export import formats as export_module
-from charlstm.generate.sample import load_model, sample_text
+from charlstm.generate.sample import sample_text
+from charlstm.runs.model_file import load_model
 
 from .browser import console_errors, open_page
 from .helpers import (

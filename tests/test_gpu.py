@@ -19,9 +19,10 @@ import torch
 from charlstm.checkpoint import store as ckpt
 from charlstm.config import SampleConfig
 from charlstm.data.corpus import load_corpus
-from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.generate.steppers import ChunkedTorchStepper, TorchStepper, make_stepper
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.training.run import train
 from charlstm.training.trainer import Trainer
 

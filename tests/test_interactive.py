@@ -12,7 +12,8 @@ import torch
 from charlstm.config import SampleConfig
 from charlstm.errors import CharlstmError
 from charlstm.generate.interactive import Conversation, Session, decode_escapes
-from charlstm.generate.sample import load_model, sample_text
+from charlstm.generate.sample import sample_text
+from charlstm.runs.model_file import load_model
 from charlstm.training.run import train
 
 from .helpers import ROOT, load_sources, memory_corpus, tiny_model, tiny_train, write_corpus

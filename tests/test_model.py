@@ -3,7 +3,7 @@ import torch
 
 from charlstm.config import ModelConfig
 from charlstm.errors import CharlstmError
-from charlstm.model.charrnn import CharRNN, detach_state, state_from_list, state_to_list
+from charlstm.model.charrnn import CharRNN, detach_state, state_from_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.one_thread)
 
@@ -15,7 +15,7 @@ def test_shapes_and_state(cell):
     x = torch.randint(0, 11, (3, 7))
     logits, state = model(x)
     assert logits.shape == (3, 7, 11)
-    tensors = state_to_list(state)
+    tensors = [s.detach().cpu() for s in (state if isinstance(state, tuple) else (state,))]
     assert len(tensors) == (2 if cell == "lstm" else 1)
     assert all(t.shape == (2, 3, 16) for t in tensors)
     restored = state_from_list(tensors, cell, "cpu")

@@ -10,8 +10,9 @@ from charlstm.config import ModelConfig, SampleConfig
 from charlstm.data.streams import IGNORE_INDEX, Streams
 from charlstm.data.tokens import split_train_val
 from charlstm.data.vocab import Vocab
-from charlstm.generate.sample import LoadedModel, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.model.charrnn import CharRNN
+from charlstm.runs.model_file import LoadedModel
 
 # characters that have broken text tools before, mixed with anything Unicode has (surrogates excluded:
 # they cannot be in a str read from a file)

@@ -13,7 +13,7 @@ from charlstm.data.tokens import prepare_tokens
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
 from charlstm.generate import starts
-from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.generate.starts import record_start_states
 from charlstm.generate.steppers import (
     ChunkedTorchStepper,
@@ -23,6 +23,7 @@ from charlstm.generate.steppers import (
     make_stepper,
 )
 from charlstm.model.charrnn import CharRNN
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.training.run import train
 
 from .helpers import END_OF_RECORD, SAMPLE_CHARS, scaled_random_model, torch_threads

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import charlstm.training.trainer as train_module
+import charlstm.training.setup as run_setup
 from charlstm.checkpoint import store as ckpt
 from charlstm.cli.progress import ConsoleProgress
 from charlstm.config import ModelConfig
@@ -24,7 +24,7 @@ from charlstm.training import validation
 from charlstm.training.budget import lr_at
 from charlstm.training.run import train
 from charlstm.training.trainer import Trainer
-from charlstm.training.validation import evaluate
+from charlstm.training.validation import evaluate_carried
 
 from . import helpers
 from .helpers import charlstm_command, cli_flags, curve, invoke, make_text, memory_corpus, notes_into, tiny_train
@@ -175,7 +175,7 @@ def test_whole_split_slice_matches_the_carried_state_evaluation():
     model = CharRNN(ModelConfig(vocab_size=12, hidden=32, embed=8))
     whole = validation.choose_slice(len(ids), 10**9, seed=0)
     sliced = validation.evaluate_slice(model, ids, whole, torch.device("cpu"), None)
-    carried = evaluate(model, Streams(ids, 1, 256), None)
+    carried = evaluate_carried(model, Streams(ids, 1, 256), None)
     assert sliced == pytest.approx(carried, abs=2e-3)
 
 
@@ -284,7 +284,7 @@ def test_sigint_during_setup_stops_before_training(tmp_path, monkeypatch):
         time.sleep(5)  # interrupted long before this ends
         raise AssertionError("not interrupted")
 
-    monkeypatch.setattr(train_module, "prepare_tokens", slow_prepare)
+    monkeypatch.setattr(run_setup, "prepare_tokens", slow_prepare)  # the trainer's set-up reads the corpus
     corpus = memory_corpus(3000)
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):

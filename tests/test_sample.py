@@ -6,8 +6,9 @@ from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
 from charlstm.generate import sample as sample_module
 from charlstm.generate.next_char import choose, filter_logits
-from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.model.charrnn import CharRNN
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.training.run import train
 
 from .helpers import memory_corpus, torch_threads

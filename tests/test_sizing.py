@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import charlstm.training.run as train_module
-from charlstm.config import ModelConfig, TrainConfig
+from charlstm.config import CELLS, ModelConfig, TrainConfig
 from charlstm.errors import CharlstmError
-from charlstm.model.charrnn import CharRNN
+from charlstm.model.charrnn import CharRNN, count_params
 from charlstm.runtime import threads
 from charlstm.runtime.device import check_autocast
 from charlstm.training import sizing
-from charlstm.training.sizing import StepCost, choose_size, count_params
+from charlstm.training.sizing import StepCost, choose_size
 
 from .helpers import assert_ok, assert_one_error, invoke, write_corpus
 
@@ -24,15 +24,21 @@ CPU = StepCost(fixed=0.005, per_param=4e-8, batch=32, seq_len=32)
 SHAKESPEARE_CHARS, VOCAB = 1_003_000, 65
 
 
+def shape_params(layers: int, hidden: int, embed: int = ModelConfig.embed) -> int:
+    return count_params(ModelConfig(vocab_size=VOCAB, layers=layers, hidden=hidden, embed=embed))
+
+
 def params_of(choice: sizing.SizeChoice) -> int:
-    return count_params(choice.layers, choice.hidden, ModelConfig.embed, VOCAB)
+    return shape_params(choice.layers, choice.hidden)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("layers", [1, 2])
-def test_count_params_is_the_models(cell, layers):
-    model = CharRNN(ModelConfig(vocab_size=VOCAB, cell=cell, layers=layers, hidden=48, embed=16))
-    assert count_params(layers, 48, 16, VOCAB, cell) == model.num_params
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(("layers", "hidden", "embed"), [(1, 48, 16), (2, 48, 16), (3, 20, 33)])
+def test_count_params_is_the_models(cell, layers, hidden, embed):
+    """The count the chooser sizes by is that of the model it builds, for every cell (from the table of weight
+    shapes checkpoints are checked against: cifg's three gates, peephole's and lnlstm's extra weights)."""
+    config = ModelConfig(vocab_size=VOCAB, cell=cell, layers=layers, hidden=hidden, embed=embed)
+    assert count_params(config) == CharRNN(config).num_params
 
 
 def test_a_longer_budget_never_chooses_a_smaller_model():
@@ -53,7 +59,7 @@ def test_the_chosen_model_sees_enough_characters_and_the_next_would_not():
     choice = choose_size(50_000_000, VOCAB, TrainConfig(max_time=600), CPU)
     seen = 600 * (1 - sizing.OVERHEAD_SHARE) * choice.chars_per_second
     assert seen >= sizing.CHARS_PER_PARAM * choice.params
-    wider = count_params(choice.layers, choice.hidden + sizing.HIDDEN_STEP, ModelConfig.embed, VOCAB)
+    wider = shape_params(choice.layers, choice.hidden + sizing.HIDDEN_STEP)
     assert 600 * (1 - sizing.OVERHEAD_SHARE) * CPU.chars_per_second(wider) < sizing.CHARS_PER_PARAM * wider
 
 
@@ -213,14 +219,14 @@ def test_a_plan_is_made_again_from_the_measured_speed():
     plan = sizing.Plan(50_000_000, VOCAB, 64, "lstm", {}, (), CPU, "")
     small_model, small_train, _ = sizing.apply_plan(plan, model, budget)
     assert small_train.planned_chars_per_second == pytest.approx(
-        CPU.chars_per_second(count_params(small_model.layers, small_model.hidden, 64, VOCAB)), rel=1e-3
+        CPU.chars_per_second(shape_params(small_model.layers, small_model.hidden, 64)), rel=1e-3
     )
     assert not sizing.off_plan(small_train.planned_chars_per_second, 1.9 * small_train.planned_chars_per_second)
     assert sizing.off_plan(small_train.planned_chars_per_second, 2.1 * small_train.planned_chars_per_second)
     faster = 8 * small_train.planned_chars_per_second
     big_model, big_train, new_plan = sizing.replan(plan, small_model, small_train, faster, 580)
-    assert count_params(big_model.layers, big_model.hidden, 64, VOCAB) > count_params(
-        small_model.layers, small_model.hidden, 64, VOCAB
+    assert shape_params(big_model.layers, big_model.hidden, 64) > shape_params(
+        small_model.layers, small_model.hidden, 64
     )
     assert new_plan.cost.chars_per_second(1000) == pytest.approx(8 * CPU.chars_per_second(1000))
     assert "speed measured in training" in big_train.size_choice

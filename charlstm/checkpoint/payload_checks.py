@@ -5,12 +5,12 @@ is allocated, and every command (sample, info, train --resume) can trust what it
 - the configs hold plain values (numbers within int64), and the model's sizes stay within bounds far beyond any
   real model (MAX_LAYERS, MAX_WIDTH, MAX_VOCAB);
 - the vocabulary is a list of distinct single characters, as many as the config's vocab_size;
-- every weight's name, dtype and shape matches the config (`expected_weights`, without building a model);
+- every weight's name, dtype and shape matches the config (`charrnn.weight_shapes`, without building a model);
 - the optional optimizer, progress, hidden, rng, corpus and start_states entries have the shapes and types the
   trainer writes and reads (a mismatched optimizer moment would crash only at the first step);
 - after `Scanned.materialize`, `check_finite`: the weights and start states are finite numbers.
 
-Each check raises a CharlstmError giving the reason; the caller (checkpoint.py) names the file. Keys this does
+Each check raises a CharlstmError giving the reason; the caller (store.py) names the file. Keys this does
 not know are ignored: the walk already bounded them.
 """
 
@@ -24,9 +24,9 @@ import torch
 
 from charlstm.checkpoint.safepickle import MAX_INT, TensorSpec
 from charlstm.checkpoint.safescan import SCALARS, Scanned
-from charlstm.config import CELLS, CUSTOM_CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
+from charlstm.config import CELLS, CorpusConfig, ModelConfig, TrainConfig, from_dict
 from charlstm.errors import CharlstmError
-from charlstm.model.cells import parameter_shapes
+from charlstm.model.charrnn import weight_shapes
 
 # what a charlstm model may be: far beyond any real one, small enough that every size is a plain int64
 MAX_LAYERS = 256
@@ -43,26 +43,8 @@ STEP_DTYPES = (torch.float32, torch.float64, torch.int64)  # an optimizer's step
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # what a carried hidden state may be (bf16 autocast)
 
 
-def expected_weights(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The state dict of CharRNN(config), name -> shape, in its order, without building it (a model on the meta
-    device costs seconds of imports the first time). tests/test_checkpoint_safety.py checks it against CharRNN."""
-    vocab, hidden, embed = config.vocab_size, config.hidden, config.embed
-    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (vocab, embed)}
-    if config.cell in CUSTOM_CELLS:
-        shapes.update({f"rnn.{name}": shape for name, shape in parameter_shapes(config).items()})
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}.get(config.cell, 0)
-    for layer in range(config.layers if gates else 0):
-        shapes[f"rnn.weight_ih_l{layer}"] = (gates * hidden, embed if layer == 0 else hidden)
-        shapes[f"rnn.weight_hh_l{layer}"] = (gates * hidden, hidden)
-        shapes[f"rnn.bias_ih_l{layer}"] = (gates * hidden,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (gates * hidden,)
-    shapes["head.weight"] = (vocab, hidden)
-    shapes["head.bias"] = (vocab,)
-    return shapes
-
-
 def _optimizer_orders(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
-    """The parameter shapes in the order an optimizer's state indexes them: trainer.py's two AdamW groups
+    """The parameter shapes in the order an optimizer's state indexes them: training/setup.py's two AdamW groups
     (weights that decay: matrices but the embedding; then the rest), or one group in model order."""
     decay = [s for n, s in shapes.items() if len(s) >= 2 and not n.startswith("embed")]
     rest = [s for n, s in shapes.items() if not (len(s) >= 2 and not n.startswith("embed"))]
@@ -110,7 +92,7 @@ def check_model_payload(scanned: Scanned) -> None:
         train_config = _bounded_config(TrainConfig, payload["train_config"])  # validated as it is built
         if not 0 <= train_config.seed <= MAX_INT:
             raise CharlstmError(f"its train config's seed {train_config.seed} is out of range")
-    shapes = expected_weights(config)
+    shapes = weight_shapes(config)
     _check_weights(payload["model"], config, shapes)
     if payload.get("optimizer") is not None:
         _check_optimizer(payload["optimizer"], config, shapes)
@@ -314,7 +296,8 @@ def _check_corpus(corpus: Any) -> None:
         if depth >= MAX_CORPUS_DEPTH or items > MAX_CORPUS_ITEMS or chars > MAX_CORPUS_CHARS:
             raise CharlstmError("its corpus description is too large or too deeply nested")
         todo.extend((child, depth + 1) for child in children)
-    # the fields a save writes (trainer.py corpus_summary, tokens.py TokenData.summary), typed as the CLI prints them
+    # the fields a save writes (training/checkpointing.py's corpus_summary, tokens.py's TokenData.summary), typed as
+    # the CLI prints them
     sources, config, lengths = corpus.get("sources"), corpus.get("config"), corpus.get("record_lengths")
     if sources is not None and (type(sources) is not list or not all(type(s) is str for s in sources)):
         raise CharlstmError("its corpus sources are not a list of paths")

@@ -23,7 +23,7 @@ two files), in two steps; this module is both, on top of safezip.py (the archive
    bytes of pickle with memo references make a structure whose naive walk is exponential, or a cycle), and
    every tensor must be what a real save writes: dense and contiguous, offset 0, owning exactly its storage,
    no storage shared with another tensor.
-2. `Scanned.materialize`: only after the caller's own checks (checkpoint.py: the format; for a model,
+2. `Scanned.materialize`: only after the caller's own checks (store.py: the format; for a model,
    payload_checks.py: every key against its config) on that structure, each tensor's bytes are read from its
    record (CRC-checked) into a tensor of its own, which takes the place of its TensorSpec. Memory is then the
    records' bytes (at most the file's size, the records being disjoint) plus the structure (bounded by the

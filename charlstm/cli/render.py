@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.table import Table
 
-from charlstm.config import format_duration
-from charlstm.training.summary import TrainResult, finite_or_none
+from charlstm.config import finite_or_none, format_duration
+
+if TYPE_CHECKING:  # no torch at import: `charlstm --help` imports this module
+    from charlstm.training.summary import TrainResult
 
 
 def loss_text(value: float | None, what: str = "") -> str:

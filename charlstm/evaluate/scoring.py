@@ -34,9 +34,9 @@ from charlstm.data.vocab import Vocab, show_chars
 from charlstm.errors import CharlstmError
 from charlstm.evaluate.ngram import KneserNey
 from charlstm.evaluate.novelty import Novelty, TrainingText
-from charlstm.generate.sample import LoadedModel, load_model
 from charlstm.model.charrnn import CharRNN
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.training import validation
 
 CHUNK = 2048  # characters per call of the fused module (the state carried from one call to the next)

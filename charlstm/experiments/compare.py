@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from charlstm.checkpoint.payload_checks import expected_weights
 from charlstm.config import CELLS, CorpusConfig, InvalidValue, ModelConfig, TrainConfig
 from charlstm.data.corpus import load_corpus
 from charlstm.data.tokens import scan_corpus
 from charlstm.errors import CharlstmError
+from charlstm.model.charrnn import count_params
 from charlstm.runtime.console import write_above
 from charlstm.runtime.signals import stopping_signal
 from charlstm.training.run import train
@@ -74,8 +74,7 @@ def hidden_for_params(config: ModelConfig, params: int) -> int:
     """The hidden size at which `config` has closest to `params` parameters (a bisection on the count)."""
 
     def count(hidden: int) -> int:
-        shapes = expected_weights(replace(config, hidden=hidden))
-        return sum(math.prod(shape) for shape in shapes.values())
+        return count_params(replace(config, hidden=hidden))
 
     low, high = 1, 1
     while count(high) < params and high < (1 << 16):
@@ -183,10 +182,13 @@ def run_compare(
     train_config: TrainConfig,
     config: CompareConfig,
     on_event: Callable[[str, dict], None] | None = None,
+    explicit: set[str] = frozenset(),
 ) -> CompareResult:
     """Train every cell `seeds` times (seeds train_config.seed, +1, ...), in the order seed-major so that an
     interrupted comparison has runs of every cell. Events: ("run", {index, total, cell, seed}) before each run,
-    then the trainer's own events of that run (see progress.py)."""
+    then the trainer's own events of that run (see training/events.py). `explicit`: the config fields the user gave,
+    which --size auto keeps (as `train` does); with `params`, each cell's hidden size is kept too."""
+    explicit = set(explicit) | ({"hidden"} if config.params is not None else set())
     if train_config.max_steps is None and train_config.max_time is None and train_config.epochs is None:
         raise CharlstmError("compare needs a budget per run: --max-time or --max-steps (or --epochs)")
     corpus = load_corpus(corpus_config)  # read once, shared by every run
@@ -210,6 +212,7 @@ def run_compare(
                 replace(cell_config, vocab_size=0),
                 replace(train_config, seed=seed),
                 run_dir=run_dir,
+                explicit=explicit,
                 overwrite=True,
                 on_event=on_event,
             )

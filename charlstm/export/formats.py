@@ -7,7 +7,7 @@ is refused in one line naming the cell. The page carries its own JavaScript step
 rnn. Each export carries the vocabulary (an entry "" is the end-of-record marker), the model's config, and
 the end-of-record id: a sampler stops a record there.
 
-The checkpoint is read only through charlstm's safe loader (`sample.load_model`), before anything is written.
+The checkpoint is read only through charlstm's safe loader (`model_file.load_model`), before anything is written.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from charlstm.config import SampleConfig
+from charlstm.config import DEVICES, SampleConfig
 from charlstm.errors import CharlstmError
-from charlstm.generate.sample import LoadedModel, load_model, sample_text
+from charlstm.generate.sample import sample_text
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.runtime.atomic import atomic_write
 
 FORMATS = ("onnx", "torchscript", "html")
@@ -165,9 +166,19 @@ def sidecar_path(target: Path) -> Path:
     return target.with_name(target.name + ".json")
 
 
-def export(path: Path, fmt: str, out: Path | None = None, precision: str | None = None) -> Exported:
+def export(
+    path: Path, fmt: str, out: Path | None = None, precision: str | None = None, device: str = "auto"
+) -> Exported:
     """Export the checkpoint at `path` (a run directory's best.pt, or a .pt file) in format `fmt`; `precision`
-    (html only): the page's weights, one of PRECISIONS (default auto)."""
+    (html only): the page's weights, one of PRECISIONS (default auto). Exports are made and checked on the CPU,
+    so that what is written loads anywhere: `device` (a --device name) may be auto or cpu."""
+    if device not in DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device not in ("auto", "cpu"):
+        raise CharlstmError(
+            f"--device {device}: export makes and checks its files on the CPU, so that they load anywhere "
+            "(use --device cpu or auto)"
+        )
     if fmt not in FORMATS:
         raise CharlstmError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if precision is not None and fmt != "html":

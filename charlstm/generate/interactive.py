@@ -4,7 +4,7 @@ continues it, streaming; the state is kept across turns until `/reset`.
 `Conversation` is the model's side (a state, a seeded generator, feeding text, continuing it, the top next
 characters); `run_session` is the terminal's side: a prompt_toolkit prompt (line editing, history, Ctrl-D to
 leave) and the commands below. Generation uses charlstm's one-character steppers (steppers.py: the fast NumPy
-step on the CPU) and its draw rule (draw.py), with the uniforms of a seeded generator, so a session replays the
+step on the CPU) and its draw rule (next_char.py), with the uniforms of a seeded generator, so a session replays the
 same for the same seed and the same input.
 """
 
@@ -21,8 +21,10 @@ import torch
 from charlstm.config import SampleConfig
 from charlstm.data.vocab import show_chars
 from charlstm.errors import CharlstmError
-from charlstm.generate.sample import LoadedModel, pick_seed, pick_start_states
+from charlstm.generate.escapes import decode_escapes
+from charlstm.generate.sample import pick_seed, pick_start_states
 from charlstm.generate.steppers import make_stepper
+from charlstm.runs.model_file import LoadedModel
 
 DEFAULT_TOP = 5  # characters /top lists when no N is given
 MAX_TOP = 50
@@ -131,20 +133,6 @@ class Conversation:
 def char_label(char: str) -> str:
     """How a character is named in a /top list: 'e', ' ', '\\n', or the end of a record."""
     return "end of record" if char == "" else repr(char)
-
-
-def decode_escapes(line: str) -> str:
-    r"""What the user typed, with \n and \t (and \\ for a backslash) made the characters they name."""
-    out, i = [], 0
-    while i < len(line):
-        pair = line[i : i + 2]
-        if pair in ("\\n", "\\t", "\\\\"):
-            out.append({"\\n": "\n", "\\t": "\t", "\\\\": "\\"}[pair])
-            i += 2
-        else:
-            out.append(line[i])
-            i += 1
-    return "".join(out)
 
 
 class Session:

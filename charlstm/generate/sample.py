@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from charlstm.checkpoint.store import load_model_checkpoint
-from charlstm.config import ModelConfig, SampleConfig, from_dict
+from charlstm.config import SampleConfig
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
 from charlstm.generate.steppers import make_stepper
-from charlstm.model.charrnn import CharRNN, State
-from charlstm.runs import directory as rundir
+from charlstm.model.charrnn import State
+from charlstm.runs.model_file import LoadedModel
 
 STARTS = ("auto", "states", "zeros")  # where a sample's state starts: see generate()
-
-
-@dataclass
-class LoadedModel:
-    model: CharRNN
-    vocab: Vocab
-    path: Path
-    payload: dict
-
-
-def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint (or a run directory's best) safely and rebuild the model it describes."""
-    file = rundir.resolve_checkpoint(Path(path), prefer=rundir.BEST)
-    payload = load_model_checkpoint(file)  # configs, vocabulary and weight shapes checked
-    vocab_chars = payload["vocab"]
-    model = CharRNN(from_dict(ModelConfig, payload["model_config"]))
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
-    return LoadedModel(model=model, vocab=Vocab(vocab_chars), path=file, payload=payload)
 
 
 def pick_seed(seed: int | None) -> int:

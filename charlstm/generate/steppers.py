@@ -13,7 +13,7 @@
   * `TorchStepper`: the model called once per character, any cell and device (the plain reference path).
 All of them draw the same uniforms from the seeded generator and use the same rule (`charlstm.generate.next_char`), and
 all of them start the same way: `TorchStepper.start` feeds the start text through the model in one call, from
-zeros or from a given state (a record start state, see charlstm/starts.py), before their own steps take over.
+zeros or from a given state (a record start state, see starts.py), before their own steps take over.
 """
 
 from __future__ import annotations
@@ -404,7 +404,7 @@ class ChunkedTorchStepper(TorchStepper):
 def make_stepper(model: CharRNN, num_samples: int, fast: bool = True) -> TorchStepper:
     """The fastest stepper for this model and device; `fast=False` forces the plain path."""
     device = next(model.parameters()).device
-    if model.config.cell not in FUSED_CELLS:  # charlstm/cells.py's cells: the plain path, same text
+    if model.config.cell not in FUSED_CELLS:  # model/cells.py's cells: the plain path, same text
         return TorchStepper(model)
     if fast and device.type == "cuda":
         return ChunkedTorchStepper(model)

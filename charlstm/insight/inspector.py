@@ -22,18 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlstm.config import SampleConfig
+from charlstm.config import INSPECT_MAX_CHARS, SampleConfig, finite_or_none
 from charlstm.data.textio import read_text_chunks
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.generate.sample import LoadedModel, load_model, pick_seed, sample_text
+from charlstm.generate.sample import pick_seed, sample_text
 from charlstm.insight.features import Match, feature_values, rank_units
 from charlstm.insight.trace import Trace, gate_saturation, trace
 from charlstm.model.charrnn import CharRNN
 from charlstm.runs import directory as rundir
+from charlstm.runs.model_file import LoadedModel, load_model
 from charlstm.runtime.atomic import atomic_write
+from charlstm.runtime.device import pick_device
 
-MAX_CHARS = 5000  # characters a page holds by default (--max-chars): a 1 x 384 LSTM's page stays under 10 MB
+MAX_CHARS = INSPECT_MAX_CHARS  # characters a page holds by default (--max-chars; config.py, which the CLI reads)
 LARGE_PAGE_BYTES = 10_000_000  # a page larger than this gets a note suggesting a --max-chars that fits
 READ_BYTES = 1 << 20  # a --text file is read in pieces of this size, and only as far as the cut
 DATA_MARK = "__CHARLSTM_INSPECT_DATA__"
@@ -93,13 +95,15 @@ def inspect_run(
     max_chars: int = MAX_CHARS,
     text_name: str = "--text",
     text_continues: bool = False,
+    device: str = "cpu",
 ) -> Inspection:
     """Read `text` (or what the model writes after `prime`) and write the page; see the module docstring.
-    `text_continues`: `text` is the start of a longer text whose length is not known (a large file)."""
+    `text_continues`: `text` is the start of a longer text whose length is not known (a large file); `device`:
+    where the model reads it (a --device name: auto, cpu, cuda or mps)."""
     if max_chars < 2:
         raise CharlstmError(f"--max-chars must be at least 2, got {max_chars}")
     run = Path(run)
-    loaded = load_model(run)
+    loaded = load_model(run, pick_device(device))
     vocab = loaded.vocab
     primed = 0
     if prime is not None:
@@ -264,7 +268,11 @@ def page_data(inspection: Inspection, metrics: list[dict[str, Any]]) -> dict[str
         "top_k": int(result.top_ids.shape[1]),
         "saturation": saturation_by_layer,
         "metrics": [
-            {"step": row.get("step"), "train": _finite(row.get("train_loss")), "val": _finite(row.get("val_loss"))}
+            {
+                "step": row.get("step"),
+                "train": finite_or_none(row.get("train_loss")),
+                "val": finite_or_none(row.get("val_loss")),
+            }
             for row in metrics
         ],
         "findings": findings,
@@ -290,10 +298,6 @@ def _stored_values(result: Trace, levels: int) -> tuple[str, list[dict[str, Any]
             offset += len(raw)
     deflated = zlib.compress(b"".join(blobs), 6)  # level 9 saves 0.4% and takes 3x as long (8 s for 11 MB)
     return base64.b64encode(deflated).decode("ascii"), quantities
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _shown(char: str) -> str:

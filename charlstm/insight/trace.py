@@ -21,7 +21,6 @@ SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9  # a gate is left-saturated below, ri
 
 LSTM_QUANTITIES = ("h", "c", "input gate", "forget gate", "output gate", "candidate")
 GRU_QUANTITIES = ("h", "reset gate", "update gate", "candidate")
-RNN_QUANTITIES = ("h",)
 
 
 @dataclass

@@ -65,9 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlstm.config import CUSTOM_CELLS, ModelConfig, is_lstm_like
-
-__all__ = ["CUSTOM_CELLS", "CustomRNN", "initialise", "is_lstm_like", "parameter_shapes"]
+from charlstm.config import CUSTOM_CELLS, ModelConfig
 
 # cell -> (gate rows of the input projection, per unit; its kind number in the scripted cell)
 _GATES = {"peephole": 4, "pseudo": 4, "pseudo2": 4, "cifg": 3, "lnlstm": 4}
@@ -384,7 +382,8 @@ class CustomRNN(nn.Module):
 
 
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The state dict of `CustomRNN(config)`, name -> shape, in order, without building it."""
+    """The state dict of `CustomRNN(config)`, name -> shape, in order, without building it (the custom cells' part
+    of charrnn.py's `weight_shapes`)."""
     gates, hidden = _GATES[config.cell], config.hidden
     shapes: dict[str, tuple[int, ...]] = {}
     for n in range(config.layers):

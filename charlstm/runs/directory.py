@@ -186,6 +186,33 @@ def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
     return max(set(candidates), key=lambda run: max(f.stat().st_mtime for f in run.glob("*.pt")))
 
 
+def names_run(word: str) -> bool:
+    """Whether a command-line word names a run: a .pt file, or a run directory (not a git checkout, which a corpus
+    directory may be). After a bare `--resume`, a word that does not is the corpus."""
+    if word.endswith(".pt"):
+        return True
+    path = Path(word)
+    return not word.startswith("-") and path.is_dir() and not (path / ".git").exists() and is_run_dir(path)
+
+
+AUTO_RESUME = "auto"  # --resume alone: the run in the default (or --out) directory (training/resume.py)
+
+
+def complete_resume(args: list[str]) -> list[str]:
+    """`train`'s arguments with a bare `--resume` given its value, AUTO_RESUME: `--resume` takes the next word only
+    when that word names a run (else the word is the corpus, or another flag, and --resume stands alone)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--resume":
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is None or not names_run(following):
+                args.insert(i + 1, AUTO_RESUME)
+            break
+    return args
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl. A line that is not a JSON object (the last one cut short by a kill, or a
     damaged one), or whose step is not a number, is skipped: the rows are what the caller can rely on."""

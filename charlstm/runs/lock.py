@@ -8,7 +8,7 @@ holder (pid, host, start time, command line), so a second trainer can say who is
 
 Only trainers lock (under torchrun only rank 0); `sample` and `info` read a run that is training without it.
 The file is never replaced, and deleted only by its holder, while it holds it (a run that failed before its
-first checkpoint leaves no directory behind, see train.py): a locker that then gets the lock of the deleted file
+first checkpoint leaves no directory behind, see training/run.py): a locker that then gets the lock of the deleted file
 sees that the path no longer names it, and locks the path's file instead, so no two processes ever hold the lock
 of one directory. Its content is rewritten in place after locking and emptied before unlocking.
 Where there is no `fcntl` (Windows) or the filesystem refuses locks, training goes on unlocked, with a note.

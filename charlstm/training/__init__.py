@@ -1,2 +1,3 @@
-"""One training run: its decisions (`run.py`), the loop (`trainer.py`), the budget and schedule, validation, `--size
-auto`, resume, the loss, the figures it records."""
+"""One training run: its decisions (`run.py`), its set-up (`setup.py`), the loop (`trainer.py`) with its validations
+and samples (`evaluation.py`) and saves (`checkpointing.py`), the budget and schedule, validation, `--size auto`,
+resume, the loss, the figures it records."""

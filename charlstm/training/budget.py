@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from charlstm.config import DEFAULT_MAX_TIME, TrainConfig, format_duration
+from charlstm.config import DEFAULT_MAX_TIME, TrainConfig, format_count, format_duration
 
 BUDGET_FIELDS = ("max_steps", "epochs", "max_time")
 SCHEDULE_FIELDS = (*BUDGET_FIELDS, "lr", "warmup_frac", "min_lr_frac")  # what the learning-rate curve depends on
@@ -136,16 +136,18 @@ def run_fraction(config: TrainConfig, progress: Progress, num_targets: int) -> f
     return min(1.0, fraction)
 
 
-def budget_text(config: TrainConfig) -> str:
-    """The budget as the flags that give it: '--max-time 4m', '--max-steps 5,000 or --max-time 10m'."""
-    parts = []
-    if config.max_steps:
-        parts.append(f"--max-steps {config.max_steps}")
-    if config.epochs:
-        parts.append(f"--epochs {config.epochs:g}")
-    if config.max_time:
-        parts.append(f"--max-time {format_duration(config.max_time)}")
-    return " or ".join(parts) or "no budget"
+def budget_text(config: TrainConfig, *, flags: bool = True, chars_per_second: float | None = None) -> str:
+    """The budget, each limit given: as the flags that give it ('--max-steps 5000 or --max-time 4m00s'), or in
+    words for --size auto's note (`flags=False`), the time first with the speed it was planned at ('10m00s at
+    ~42.5k chars/s or 5,000 steps')."""
+    duration = format_duration(config.max_time)
+    given = [
+        config.max_time and not flags and f"{duration} at ~{format_count(chars_per_second or 0)} chars/s",
+        config.max_steps and (f"--max-steps {config.max_steps}" if flags else f"{config.max_steps:,} steps"),
+        config.epochs and (f"--epochs {config.epochs:g}" if flags else f"{config.epochs:g} epochs"),
+        config.max_time and flags and f"--max-time {duration}",
+    ]
+    return " or ".join(part for part in given if part) or ("no budget" if flags else "the budget")
 
 
 def extended_budget(config: TrainConfig) -> str:

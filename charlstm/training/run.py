@@ -45,7 +45,7 @@ def train(
     else in the corpus's default directory); a resumed run writes to its own directory. `explicit`: the config
     fields the user gave (on resume they replace the saved ones; for `size="auto"`, the default, these and every
     value that differs from its default are kept, and auto chooses the rest). `should_stop(step)` may end the
-    run early. Progress, notes and signals go to `on_event(kind, data)` (see progress.py); nothing is printed.
+    run early. Progress, notes and signals go to `on_event(kind, data)` (see events.py); nothing is printed.
     `clock_start` (time.perf_counter()) is when --max-time starts counting (default: now)."""
     clock_start = time.perf_counter() if clock_start is None else clock_start
     main = distributed.is_main_process()

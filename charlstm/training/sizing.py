@@ -14,7 +14,7 @@ weight decay, 1 x 448 (~3 characters per parameter there) beat 1 x 384 (~4.5) by
 model for the budget"). The line sits below 3 because the calibration, done while the machine is busy, can
 underestimate the speed (it measured 33.6k chars/s for a run that trained at 39.8k): at 2.5, auto kept 1 x 384.
 
-The precision is chosen beside the shape (train.py): on a CPU with bf16 instructions auto trains in bf16 autocast,
+The precision is chosen beside the shape (run.py): on a CPU with bf16 instructions auto trains in bf16 autocast,
 and the calibration times steps in the precision the run will use.
 
 A measurement made while another process runs can be far off (a busy laptop once measured 513 chars/s for a run
@@ -31,10 +31,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from charlstm.config import ModelConfig, TrainConfig, format_duration
-from charlstm.model.charrnn import CharRNN
+from charlstm.config import ModelConfig, TrainConfig, format_count
+from charlstm.model.charrnn import CharRNN, count_params
 from charlstm.runtime import threads
 from charlstm.runtime.device import autocast
+from charlstm.training.budget import budget_text
 
 CHARS_PER_PARAM = 2.0  # characters seen per parameter at the chosen shape (measured at 100 s, see the docstring)
 PARAMS_PER_CORPUS_CHAR = 1.0  # at most this many parameters per character of training text
@@ -104,13 +105,6 @@ class SizeChoice:
     reason: str  # the one line that says what was chosen and why
 
 
-def count_params(layers: int, hidden: int, embed: int, vocab: int, cell: str = "lstm") -> int:
-    """Parameters of a CharRNN of this shape (embedding, recurrent stack with PyTorch's two bias vectors, head)."""
-    gates = {"gru": 3, "rnn": 1}.get(cell, 4)
-    recurrent = sum(gates * hidden * ((embed if i == 0 else hidden) + hidden + 2) for i in range(layers))
-    return vocab * embed + recurrent + hidden * vocab + vocab
-
-
 def recipe_batch(fixed: dict[str, int | float]) -> tuple[int, int]:
     """The batch shape: the one given, else the default 32 x 32 (on a CPU, many small updates beat few large
     ones: see TrainConfig)."""
@@ -164,9 +158,14 @@ def choose_size(
     ]
     if not shapes:  # both given, or a width outside the grid
         shapes = [(int(fixed.get("layers", 1)), int(fixed.get("hidden", MIN_HIDDEN)))]
+
+    def params_of(shape: tuple[int, int]) -> int:
+        layers, hidden = shape
+        return count_params(ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, embed=embed))
+
     best, stopped_by = shapes[0], "budget"
-    for layers, hidden in sorted(shapes, key=lambda s: count_params(*s, embed, vocab, cell)):
-        params = count_params(layers, hidden, embed, vocab, cell)
+    for layers, hidden in sorted(shapes, key=params_of):
+        params = params_of((layers, hidden))
         if params > cap:
             stopped_by = "corpus"
             break
@@ -174,13 +173,13 @@ def choose_size(
             break
         best = (layers, hidden)
     layers, hidden = best
-    params = count_params(layers, hidden, embed, vocab, cell)
+    params = params_of(best)
     seen = chars_in_budget(params)
     speed = cost.chars_per_second(params) if cost is not None and train_config.max_time else None
     passes = seen / corpus_chars
-    why = f"{_budget_words(train_config, speed)}"
+    why = budget_text(train_config, flags=False, chars_per_second=speed)
     why += (
-        f" covers the {_size_words(corpus_chars)}-character corpus ~{passes:.2g} times" if math.isfinite(seen) else ""
+        f" covers the {format_count(corpus_chars)}-character corpus ~{passes:.2g} times" if math.isfinite(seen) else ""
     )
     if stopped_by == "corpus":
         why += "; a larger model would have more parameters than the corpus has characters"
@@ -211,24 +210,6 @@ def choose_size(
         reason=reason,
         schedule=dict(RECIPE_SCHEDULE),
     )
-
-
-def _budget_words(config: TrainConfig, speed: float | None) -> str:
-    parts = []
-    if config.max_time:
-        parts.append(f"{format_duration(config.max_time)} at ~{_size_words(speed or 0)} chars/s")
-    if config.max_steps:
-        parts.append(f"{config.max_steps:,} steps")
-    if config.epochs:
-        parts.append(f"{config.epochs:g} epochs")
-    return " or ".join(parts) or "the budget"
-
-
-def _size_words(n: float) -> str:
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def _params_words(n: int) -> str:
@@ -375,13 +356,12 @@ def replan(
 
 def speed_words(measured: float, planned: float | None) -> str:
     """'trains at 12.3k chars/s where the plan expected 41.2k'"""
-    return f"trains at {_size_words(measured)} chars/s where the plan expected {_size_words(planned or 0)}"
+    return f"trains at {format_count(measured)} chars/s where the plan expected {format_count(planned or 0)}"
 
 
 def shape_words(model_config: ModelConfig, train_config: TrainConfig) -> str:
     """'1 x 256 LSTM (330k params, lr 0.005)'"""
-    params = count_params(model_config.layers, model_config.hidden, model_config.embed, model_config.vocab_size)
     return (
         f"{model_config.layers} x {model_config.hidden} {model_config.cell.upper()} "
-        f"({_params_words(params)} params, lr {train_config.lr:g})"
+        f"({_params_words(count_params(model_config))} params, lr {train_config.lr:g})"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from charlstm.checkpoint.store import VERSION, load_model_checkpoint
-from charlstm.config import from_dict
+from charlstm.config import finite_or_none, from_dict
 from charlstm.errors import CharlstmError
 from charlstm.runs import directory as rundir
 from charlstm.training.budget import Progress
@@ -18,10 +18,6 @@ from charlstm.training.budget import Progress
 def chars_per_second(chars: int, seconds: float) -> float:
     """Training speed: characters trained on per second of training steps (validations and saves excluded)."""
     return chars / seconds if seconds > 0 else 0.0
-
-
-def finite_or_none(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def run_summary(

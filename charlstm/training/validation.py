@@ -248,7 +248,7 @@ def _agreed(dist: distributed.Distributed, flag: bool) -> bool:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_carried(
     model: CharRNN, streams: Streams, amp: torch.dtype | None, dist: distributed.Distributed = distributed.SINGLE
 ) -> float:
     """Mean loss in nats/char over every target of `streams`, hidden state carried across windows: the
