@@ -280,9 +280,11 @@ def calibrate(
                 torch.set_num_threads(count)
                 for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
                     fastest[count, i] = min(fastest.get((count, i), math.inf), step(model, optimizer))
-            # a count twice as slow as the best on the wider model will not win: stop spending time on it
-            quickest = min(fastest[count, 1] for count in counts)
-            counts = [count for count in counts if fastest[count, 1] <= 2 * quickest]
+            # a count twice as slow as the best on the wider model over two rounds will not win: stop spending
+            # time on it (one round is not enough: a count's first step after another's can be cold)
+            if round_ >= 1:
+                quickest = min(fastest[count, 1] for count in counts)
+                counts = [count for count in counts if fastest[count, 1] <= 2 * quickest]
     finally:
         torch.set_num_threads(most)
     best = min(counts, key=lambda count: fastest[count, 1])  # the count that steps the wider model fastest
