@@ -19,6 +19,7 @@ import torch
 from charlstm.checkpoint import store as ckpt
 from charlstm.config import SampleConfig
 from charlstm.export import formats as export_module
+from charlstm.export import page as page_module
 from charlstm.generate.sample import sample_text
 from charlstm.runs.model_file import load_model
 
@@ -308,12 +309,12 @@ def test_the_page_refuses_a_cell_its_step_does_not_cover(runs, monkeypatch, tmp_
 @pytest.mark.slow
 def test_the_page_takes_float16_where_it_is_within_the_tolerance_and_states_its_error(runs, tmp_path, monkeypatch):
     loaded = load_model(runs["lstm"])
-    html, precision, error, _ = export_module.page_html(loaded)  # auto
+    html, precision, error, _ = page_module.page_html(loaded)  # auto
     assert precision == "float16" and 0 < error < PAGE_TOLERANCE
     assert f'"error": {json.dumps(error)}' in html and '"precision": "float16"' in html
-    html32, precision, error, _ = export_module.page_html(loaded, "float32")
+    html32, precision, error, _ = page_module.page_html(loaded, "float32")
     assert precision == "float32" and error == 0 and len(html32) > 1.5 * len(html)
-    monkeypatch.setattr(export_module, "PAGE_TOLERANCE", 1e-9)  # float16 now costs more than auto accepts
+    monkeypatch.setattr(page_module, "PAGE_TOLERANCE", 1e-9)  # float16 now costs more than auto accepts
     result = invoke("export", runs["lstm"], "--format", "html", "--out", tmp_path / "p.html")
     assert_ok(result)
     assert "weights in float32 (float16 would cost" in result.output
