@@ -36,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import train_command  # noqa: E402
 
 from charlstm.errors import CharlstmError  # noqa: E402
 from charlstm.evaluate.ngram import KneserNey  # noqa: E402
@@ -140,18 +143,7 @@ def train(case: Case, kind: str, seconds: float, out: Path) -> dict:
     """One `charlstm train` run (quiet or busy), timed from the launch to the exit; its figures."""
     run_dir = out / f"{case.name}-{kind}"
     log = out / f"{case.name}-{kind}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "charlstm",
-        "train",
-        *case.corpus_args,
-        "--max-time",
-        f"{seconds:g}s",
-        "--out",
-        str(run_dir),
-        "--overwrite",
-    ]
+    command = train_command(seconds, run_dir, case.corpus_args, quiet=False)  # the log keeps every line
     print(f"$ {' '.join(command)}  ({kind}; log: {log})", flush=True)
     load = Load() if kind == "busy" else None
     # the moments the load changes, in seconds from the launch: the launch itself, 30% and 75% of T

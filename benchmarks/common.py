@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ["--hidden", "256", "--batch-size", "32", "--seq-len", "64"]
 
 
-def train_command(seconds: float, out: Path, corpus_args: list[str], extra: list[str] = ()) -> list[str]:
-    """`python -m charlstm train CORPUS_ARGS --max-time SECONDS --out OUT --overwrite -q EXTRA`"""
+def train_command(
+    seconds: float, out: Path, corpus_args: list[str], extra: list[str] = (), quiet: bool = True
+) -> list[str]:
+    """`python -m charlstm train CORPUS_ARGS --max-time SECONDS --out OUT --overwrite -q EXTRA` (-q if `quiet`)"""
     return [
         sys.executable,
         "-m",
@@ -27,7 +29,7 @@ def train_command(seconds: float, out: Path, corpus_args: list[str], extra: list
         "--out",
         str(out),
         "--overwrite",
-        "-q",
+        *(["-q"] if quiet else []),
         *extra,
     ]
 
